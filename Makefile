@@ -1,0 +1,29 @@
+# The two commands for a new machine:
+#   make train [DATA=path/to/cifar-10-binary.tar.gz] [ARGS="--recipe seed ..."]
+#   make test
+# Both create .venv and install cifarlab with pinned versions (requirements.lock) first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?=
+ARGS ?=
+EXTRA ?= cpu
+
+.PHONY: install train test bench clean
+
+$(BIN)/.installed-$(EXTRA): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRA),test]'
+	@touch $@
+
+install: $(BIN)/.installed-$(EXTRA)
+
+train: install
+	$(BIN)/cifarlab train $(if $(DATA),--data $(DATA)) $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

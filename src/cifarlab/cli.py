@@ -1,0 +1,216 @@
+"""The ``cifarlab`` command: a thin layer over the Python API.
+
+Every user mistake ends as one line on stderr, ``cifarlab: error: ...``, and exit
+status 2; an interrupted command exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cifarlab.errors import CifarlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage + message
+        raise CifarlabError(f"{self.prog.split()[-1]}: {message} (see --help)")
+
+
+def _data_args(p):
+    p.add_argument("--data", metavar="PATH",
+                   help="archive (.tar.gz), extracted folder or image folder; default: $CIFARLAB_DATA, "
+                        "else download the official archive")
+    p.add_argument("--dataset", default="cifar10", metavar="NAME",
+                   help="which official archive to download when no --data is given "
+                        "(cifar10, cifar100, cifar10-python, cifar100-python; default cifar10)")
+    p.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 superclasses instead of 100 classes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cifarlab import MODELS, RECIPES, __version__
+
+    parser = _Parser(prog="cifarlab", description="Train, evaluate and use CNN image classifiers on CIFAR-10.")
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    _data_args(p)
+    p.add_argument("--model", choices=None, metavar="NAME", help=f"model ({', '.join(MODELS)}); default: the recipe's")
+    p.add_argument("--recipe", default="seed", metavar="NAME", help=f"recipe ({', '.join(RECIPES)}); default seed")
+    p.add_argument("--epochs", type=int, metavar="N", help="override the recipe's number of epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
+    p.add_argument("--lr", type=float, metavar="RATE", help="override the recipe's learning rate")
+    p.add_argument("--precision", metavar="P", help="auto, bf16, fp16 or fp32; default: the recipe's")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="random seed; also turns on deterministic ops, so a rerun gives the same results")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images (quick tries)")
+    p.add_argument("--validate-on", default="holdout", choices=("holdout", "test"),
+                   help="holdout: 10%% of the training images, stratified (default); "
+                        "test: validate on the test set, as the seed notebook did")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE)")
+    p.add_argument("--config", metavar="CONFIG_JSON", help="rerun a run's config.json (other flags override it)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
+    p.add_argument("target", metavar="RUN_DIR|MODEL")
+    p.add_argument("--data", metavar="PATH", help="dataset to evaluate on (default: the one the run used)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("predict", help="top-k classes for image files")
+    p.add_argument("model", metavar="RUN_DIR|MODEL")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON, one object per image")
+
+    p = sub.add_parser("show", help="save a picture of dataset images with their labels")
+    _data_args(p)
+    p.add_argument("indices", nargs="+", type=int, metavar="INDEX")
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("-o", "--output", default="show.png", metavar="PNG", help="picture to write (default show.png)")
+
+    p = sub.add_parser("info", help="shapes, dtype, pixel range and images per class of a dataset")
+    _data_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("summary", help="print a model's layer table and parameter count")
+    p.add_argument("model", metavar="NAME|MODEL", help="a registered model name, a .keras file or a run directory")
+    p.add_argument("--classes", type=int, default=10, metavar="K", help="number of classes for a named model")
+
+    sub.add_parser("list", help="registered models and recipes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in NEEDS_TF:
+            from cifarlab._tf import import_quietly
+
+            import_quietly()
+        return COMMANDS[args.command](args) or 0
+    except CifarlabError as e:
+        print(f"cifarlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_train(args) -> int:
+    from cifarlab.training.train import TrainConfig, train
+
+    base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    given = {k: v for k, v in {
+        "model": args.model, "recipe": args.recipe if args.config is None or args.recipe != "seed" else None,
+        "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "precision": args.precision, "seed": args.seed, "limit": args.limit, "out": args.out,
+    }.items() if v is not None}
+    if args.seed is not None:
+        given["deterministic"] = True
+    if args.dataset != "cifar10" or not args.config:
+        given["dataset"] = args.dataset
+    if args.validate_on != "holdout" or not args.config:
+        given["validate_on"] = args.validate_on
+    if args.coarse:
+        given["coarse"] = True
+    if args.config:
+        given["out"] = args.out  # a rerun never writes into the old run's directory
+    cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
+    run = train(cfg)
+    m = run.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
+          f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cifarlab.evaluation.evaluate import evaluate
+    from cifarlab.evaluation.metrics import format_report
+
+    metrics = evaluate(args.target, data=args.data)
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cifarlab.serving.predict import predict
+
+    if args.top_k < 1:
+        raise CifarlabError(f"--top-k must be at least 1, not {args.top_k}")
+    for pred in predict(args.model, args.images, top=args.top_k):
+        if args.json:
+            print(json.dumps(pred.to_dict()))
+        else:
+            print(pred.source + ": " + ", ".join(f"{c} {p:.1%}" for c, p in pred.top))
+    return 0
+
+
+def _load(args, **kw):
+    from cifarlab.data import load_dataset
+
+    return load_dataset(args.data, dataset=args.dataset, coarse=args.coarse, validate_on="test", **kw)
+
+
+def cmd_show(args) -> int:
+    from cifarlab.evaluation.plots import plot_grid
+
+    ds = _load(args)
+    x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
+    bad = [i for i in args.indices if not 0 <= i < len(y)]
+    if bad:
+        raise CifarlabError(f"index {bad[0]} out of range: the {args.split} split has images 0-{len(y) - 1}")
+    labels = [f"#{i}: {ds.class_names[y[i]]} ({y[i]})" for i in args.indices]
+    if not args.output.lower().endswith(".png"):
+        raise CifarlabError(f"--output must be a .png file, not {args.output}")
+    plot_grid(x[args.indices], labels, Path(args.output))
+    print(f"wrote {args.output}: " + ", ".join(labels))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from cifarlab.data.info import dataset_info, format_info
+
+    info = dataset_info(_load(args))
+    del info["splits"]["val"]  # with validate_on=test it repeats the test split
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from cifarlab.registry import MODELS
+
+    if args.model in MODELS:
+        if args.classes < 2:
+            raise CifarlabError(f"--classes must be at least 2, not {args.classes}")
+        model = MODELS[args.model].build(num_classes=args.classes)
+    else:
+        from cifarlab.models.io import load_model
+
+        if not Path(args.model).exists():
+            raise CifarlabError(f"{args.model!r} is neither a registered model ({', '.join(MODELS)}) nor a file")
+        model, _ = load_model(args.model)
+    model.summary()
+    return 0
+
+
+def cmd_list(args) -> int:
+    from cifarlab.registry import MODELS, RECIPES
+
+    print("models:")
+    for m in MODELS.values():
+        print(f"  {m.name:<10} {m.description}")
+    print("recipes:")
+    for r in RECIPES.values():
+        print(f"  {r.name:<10} {r.description}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
+            "info": cmd_info, "summary": cmd_summary, "list": cmd_list}
+NEEDS_TF = {"train", "evaluate", "predict", "summary"}

@@ -1,0 +1,1 @@
+"""Serving: using a trained model on new images (prediction, HTTP service, export)."""

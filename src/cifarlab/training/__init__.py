@@ -1,0 +1,1 @@
+"""Training: recipes, numeric precision and the training loop."""

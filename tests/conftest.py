@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg-binary.tar.gz"
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests never touch the user's cache or the network: the cache goes to a temporary
+# folder, and downloads go to a closed loopback port unless a test serves files.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("CIFARLAB_MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.delenv("CIFARLAB_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip(f"shared CIFAR-10 copy not found at {SHARED_ARCHIVE}")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def seed_run(shared_archive, tmp_path_factory):
+    """One epoch of the seed recipe on a 2,000-image slice of the shared copy: a real run directory."""
+    from cifarlab.training.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "seed-run"
+    run = train(recipe="seed", data=str(shared_archive), limit=2000, epochs=1, seed=0, out=str(out), quiet=True)
+    return run
