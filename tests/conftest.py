@@ -35,3 +35,14 @@ def seed_run(shared_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "seed-run"
     run = train(recipe="seed", data=str(shared_archive), limit=2000, epochs=1, seed=0, out=str(out), quiet=True)
     return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's Chromium (installed by `make test` where it can be); skips without it."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("Chromium not installed (Debian package 'chromium'; `make browser` installs it as root)")
+    return path
