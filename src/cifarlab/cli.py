@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command in NEEDS_TF:
-            from cifarlab._tf import import_quietly
-
-            import_quietly()
+            _quiet_tf()
         return COMMANDS[args.command](args) or 0
     except CifarlabError as e:
         print(f"cifarlab: error: {e}", file=sys.stderr)
@@ -102,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _quiet_tf() -> None:
+    from cifarlab._tf import import_quietly
+
+    import_quietly()
+
+
 def cmd_train(args) -> int:
-    from cifarlab.training.train import TrainConfig, train
+    from cifarlab.training.config import TrainConfig, resolve
 
     base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
     given = {k: v for k, v in {
@@ -122,6 +126,10 @@ def cmd_train(args) -> int:
     if args.config:
         given["out"] = args.out  # a rerun never writes into the old run's directory
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
+    resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
+    _quiet_tf()
+    from cifarlab.training.train import train
+
     run = train(cfg)
     m = run.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
@@ -213,4 +221,5 @@ def cmd_list(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list}
-NEEDS_TF = {"train", "evaluate", "predict", "summary"}
+# Commands that import TensorFlow up front (train does it itself, after checking its flags).
+NEEDS_TF = {"evaluate", "predict", "summary"}

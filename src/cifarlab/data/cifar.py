@@ -188,11 +188,15 @@ class SafeUnpickler(pickle.Unpickler):
 def safe_unpickle(raw: bytes, name: str):
     try:
         # latin1 turns Python 2 str keys into str and leaves numpy's buffers intact.
-        return SafeUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        obj = SafeUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise CifarlabError(f"{name}: unsafe or corrupt pickle ({e})") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise CifarlabError(f"{name}: corrupt or truncated pickle ({type(e).__name__})") from None
+    if isinstance(obj, dict):
+        # Python 2 wrote str keys (read back as str); Python 3 writers use bytes keys.
+        obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return obj
 
 
 class _Container:

@@ -53,23 +53,30 @@ def fetch(dataset: str, quiet: bool = False) -> Path:
         return dest
     base = os.environ.get("CIFARLAB_MIRROR", OFFICIAL_BASE)
     url = base.rstrip("/") + "/" + rel.filename
-    md5 = hashlib.md5()
-    try:
-        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {rel.filename}",
-                      disable=quiet, leave=False) as bar:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    md5.update(chunk)
-                    bar.update(len(chunk))
-            if total is not None and out.tell() != total:
-                raise CifarlabError(f"download of {url} stopped after {out.tell():,} of {total:,} bytes")
-            if md5.hexdigest() != rel.md5:
-                raise CifarlabError(f"{url}: checksum mismatch (MD5 {md5.hexdigest()}, expected {rel.md5}); "
-                                    "the file was deleted")
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
-        reason = getattr(e, "reason", e)
-        raise CifarlabError(f"cannot download {url} ({reason}); {HELP}") from None
+    with atomic_path(dest) as tmp:
+        try:
+            digest = _stream(url, tmp, quiet)
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            raise CifarlabError(f"cannot download {url} ({reason}); {HELP}") from None
+        if digest != rel.md5:
+            raise CifarlabError(f"{url}: checksum mismatch (MD5 {digest}, expected {rel.md5}); the file was deleted")
     return dest
+
+
+def _stream(url: str, dest: Path, quiet: bool) -> str:
+    """Copy ``url`` to ``dest`` with a progress bar; return the MD5 hex digest of what arrived."""
+    from tqdm import tqdm
+
+    md5 = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}",
+                  disable=quiet, leave=False) as bar:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                md5.update(chunk)
+                bar.update(len(chunk))
+        if total is not None and out.tell() != total:
+            raise CifarlabError(f"download of {url} stopped after {out.tell():,} of {total:,} bytes")
+    return md5.hexdigest()

@@ -15,7 +15,6 @@ removes the directory it created.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -30,39 +29,11 @@ import numpy as np
 
 from cifarlab.errors import CifarlabError
 from cifarlab.fileio import write_json, write_text
+from cifarlab.training.config import TrainConfig, resolve
+
+__all__ = ["TrainConfig", "Run", "train"]
 
 RUNS_ROOT = "runs"
-
-
-@dataclass
-class TrainConfig:
-    """What a user asks of ``cifarlab train``; ``None`` means "the recipe's value"."""
-
-    model: str | None = None  # None: the recipe's model
-    recipe: str = "seed"
-    data: str | None = None
-    dataset: str = "cifar10"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    precision: str | None = None
-    seed: int = 0
-    deterministic: bool = False  # TensorFlow op determinism: identical results on one machine
-    limit: int | None = None
-    validate_on: str = "holdout"
-    val_fraction: float = 0.1
-    coarse: bool = False
-    out: str | None = None
-    quiet: bool = False
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        try:
-            saved = json.loads(Path(path).read_text())
-            fields = saved.get("request", saved)
-            return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
-        except (OSError, ValueError, TypeError) as e:
-            raise CifarlabError(f"{path}: not a cifarlab config.json ({e})") from None
 
 
 @dataclass
@@ -74,17 +45,6 @@ class Run:
     history: object  # pandas.DataFrame, one row per epoch
     metrics: dict
     config: dict = field(default_factory=dict)
-
-
-def _check(cfg: TrainConfig, recipe) -> None:
-    for name in ("epochs", "batch_size", "limit"):
-        v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise CifarlabError(f"--{name.replace('_', '-')} must be a positive whole number, not {v!r}")
-    if cfg.lr is not None and not (0 < cfg.lr < 10):
-        raise CifarlabError(f"--lr must be a positive learning rate below 10, not {cfg.lr!r}")
-    if not 0 < cfg.val_fraction < 1:
-        raise CifarlabError(f"validation fraction must be between 0 and 1, not {cfg.val_fraction!r}")
 
 
 def default_run_dir(model: str, recipe: str) -> Path:
@@ -123,18 +83,12 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     Accepts a :class:`TrainConfig` or its fields as keyword arguments, e.g.
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
     """
-    from cifarlab.registry import get_model, get_recipe
-
-    cfg = config or TrainConfig(**kwargs)
-    recipe = get_recipe(cfg.recipe).with_overrides(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, precision=cfg.precision)
-    model_name = cfg.model or recipe.model
-    spec = get_model(model_name)
-    _check(cfg, recipe)
-
     from cifarlab.data import load_dataset
     from cifarlab.training import precision as prec
 
+    cfg = config or TrainConfig(**kwargs)
+    recipe, spec = resolve(cfg)
+    model_name = spec.name
     resolved_precision = prec.resolve(recipe.precision)
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
                         limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
