@@ -2,7 +2,17 @@
 
 Selvaraju et al. (2017): weight each channel of a convolutional layer's output by
 the mean gradient of the class score over that channel, sum, keep the positive
-part, and scale the small map up to the image. The layer is the *last* layer
+part, and scale the small map up to the image.
+
+By default the gradient is *not* averaged over the map first: each position's
+activations are weighted by that position's own gradient (HiResCAM, Draelos &
+Carin 2020). For a model ending in global pooling (most modern nets, airbench's
+included) the gradient is the same everywhere and the two are identical; for a
+model that flattens its map into a dense layer, like the seed CNN, averaging
+mixes positions and the map can point anywhere. On synthetic images whose class
+cue sits in one corner, the seed CNN's averaged map finds the corner about as
+often as chance, the per-position one every time (tests/test_report.py), so the
+per-position map is the default; ``method="gradcam"`` gives the classic one. The layer is the *last* layer
 producing a 4-D ``(batch, height, width, channels)`` map that is a convolution (or
 a nested model holding one), found by type, so any model here works: the seed
 CNN (``conv2``), a model with batch norm and GELU, or one loaded from a file.
@@ -53,13 +63,19 @@ def last_conv_layer(model):
                         "Grad-CAM needs one")
 
 
-def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size: int = 64) -> np.ndarray:
+METHODS = ("hires", "gradcam")
+
+
+def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size: int = 64,
+            method: str = "hires") -> np.ndarray:
     """Grad-CAM heat maps for ``images``.
 
     ``images``: uint8 or float pixels ``(N, H, W, 3)`` in 0-255 (what the model takes).
     ``class_index``: ``None`` (each image's predicted class), an int (one class for
     all) or ``(N,)`` ints. ``layer``: a layer or layer name; default
-    :func:`last_conv_layer`. Returns float32 ``(N, H, W)`` in [0, 1], each map
+    :func:`last_conv_layer`. ``method``: ``"hires"`` (gradient times activation
+    at each position, the default) or ``"gradcam"`` (gradient averaged over
+    positions first, as published). Returns float32 ``(N, H, W)`` in [0, 1], each map
     scaled so its peak is 1 (all zeros where no region speaks for the class).
     """
     import tensorflow as tf
@@ -69,6 +85,8 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
         x = x[None]
     if x.ndim != 4:
         raise CifarlabError(f"Grad-CAM takes images shaped (N, H, W, 3), not {x.shape}")
+    if method not in METHODS:
+        raise CifarlabError(f"Grad-CAM method must be one of {', '.join(METHODS)}, not {method!r}")
     if isinstance(layer, str):
         layer = model.get_layer(layer)
     layer = layer or last_conv_layer(model)
@@ -88,7 +106,8 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
             tb = tf.argmax(probs, axis=1) if targets is None else tf.constant(targets[start:start + batch_size])
             score = tf.math.log(tf.clip_by_value(tf.gather(probs, tb, batch_dims=1), _EPS, 1.0))
         grads = tape.gradient(score, fmap)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (b, 1, 1, channels)
+        # (b, h', w', channels) per position, or (b, 1, 1, channels) averaged.
+        weights = grads if method == "hires" else tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]  # (b, h', w', 1)
         cam = tf.image.resize(cam, (h, w), method="bilinear")[..., 0].numpy()
         peak = cam.reshape(len(cam), -1).max(axis=1)
