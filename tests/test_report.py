@@ -121,12 +121,19 @@ def test_per_class_table_is_worst_first(seed_run, compared_report):
     assert f1 == sorted(f1)
 
 
-def test_report_command_writes_beside_the_run_by_default(seed_run, tmp_path, capsys):
+def test_report_of_a_run_without_saved_predictions_whose_data_moved(seed_run, shared_archive, tmp_path, capsys):
+    """Runs from before test_predictions.npz existed: the model predicts again; --data finds the images."""
     run = _copy_run(seed_run.run_dir, tmp_path / "copy")
     (run / "report.html").unlink()
-    assert main(["report", str(run)]) == 0
-    assert (run / "report.html").is_file()
+    (run / "test_predictions.npz").unlink()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["source"] = str(tmp_path / "moved.tar.gz")
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["report", str(run), "--data", str(shared_archive)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run / 'report.html'}"
+    words = " ".join(_Page((run / "report.html").read_text(encoding="utf-8")).text)
+    assert f"{seed_run.metrics['test_accuracy']:.2%}" in words
+    assert not (run / "test_predictions.npz").exists()  # a report never writes into the run but report.html
 
 
 # ---------------------------------------------------------------- the real browser
@@ -348,4 +355,16 @@ def test_data_gone_and_other_mistakes(seed_run, tmp_path, capsys):
     assert "moved.tar.gz" in err and "--data" in err
     assert "ending in .html" in _error(capsys, ["report", str(seed_run.run_dir), "-o", str(tmp_path / "r.pdf")])
     assert "same run" in _error(capsys, ["report", str(seed_run.run_dir), "--compare", str(seed_run.run_dir)])
-    assert "holds runs" in _error(capsys, ["report", str(seed_run.run_dir.parent)])
+
+
+def test_a_folder_of_runs_reports_the_newest_against_the_one_before(seed_run, baseline_run, tmp_path):
+    runs = tmp_path / "runs"
+    old, new = _copy_run(baseline_run, runs / "1-old"), _copy_run(seed_run.run_dir, runs / "2-new")
+    for run, started in ((old, "2026-01-01T00:00:00+00:00"), (new, "2026-02-01T00:00:00+00:00")):
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["started"] = started
+        (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["report", str(runs)]) == 0
+    page = _Page((runs / "report.html").read_text(encoding="utf-8"))
+    assert "compare" in page.ids
+    assert "Comparison: 2-new vs 1-old" in " ".join(page.text)

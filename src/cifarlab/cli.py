@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="registered models and recipes")
 
     p = sub.add_parser("report", help="write one self-contained HTML report of a run")
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory, or a folder of runs: the newest vs the one before")
     p.add_argument("-o", "--output", metavar="HTML", help="file to write (default RUN_DIR/report.html)")
     p.add_argument("--compare", metavar="OTHER_RUN", help="a second run directory to show side by side")
     p.add_argument("--data", metavar="PATH", help="where the test images are (default: the data the run used)")

@@ -140,12 +140,19 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
         raise CifarlabError(f"{run_dir}: not a run directory (a folder written by cifarlab train)")
     missing = [f"{f} ({what})" for f, what in REQUIRED.items() if not (run_dir / f).is_file()]
     if missing:
-        inner = sorted(p.parent.name for p in run_dir.glob("*/metrics.json"))
-        if len(missing) == len(REQUIRED) and inner:
-            raise CifarlabError(f"{run_dir} holds runs, not one run ({', '.join(inner[:4])}"
-                                f"{', ...' if len(inner) > 4 else ''}); name one, and another with --compare")
         raise CifarlabError(f"{run_dir}: incomplete run directory, missing {', '.join(missing)}")
     return run_dir
+
+
+def runs_in(folder: str | os.PathLike) -> list[Path]:
+    """The complete runs (sub-folders with ``metrics.json``) in ``folder``, oldest first (by start time, then name)."""
+    def started(p: Path) -> str:
+        try:
+            return str(json.loads((p / "config.json").read_text()).get("started", ""))
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    return sorted((p.parent for p in Path(folder).glob("*/metrics.json")), key=lambda p: (started(p), p.name))
 
 
 def load_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, images: bool = True,
@@ -517,7 +524,16 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
     ``compare``: a second run directory shown side by side. ``data``: where the
     test images are, if not where the run was trained from. ``test_set``: the test
     images and labels already in memory (``cifarlab train`` passes them).
+
+    ``run_dir`` may also be a folder of runs (such as ``runs/``): the newest is
+    reported, side by side with the one before it unless ``compare`` names another.
     """
+    folder = Path(run_dir)
+    if folder.is_dir() and not (folder / "metrics.json").exists() and runs_in(folder):
+        runs = runs_in(folder)
+        run_dir, output = runs[-1], output if output is not None else folder / REPORT
+        if compare is None and len(runs) > 1:
+            compare = runs[-2]
     run = load_run(run_dir, data=data, test_set=test_set, quiet=quiet)
     other = None
     if compare is not None:
