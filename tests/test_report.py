@@ -368,3 +368,22 @@ def test_a_folder_of_runs_reports_the_newest_against_the_one_before(seed_run, ba
     page = _Page((runs / "report.html").read_text(encoding="utf-8"))
     assert "compare" in page.ids
     assert "Comparison: 2-new vs 1-old" in " ".join(page.text)
+
+
+def test_gradcam_under_mixed_precision():
+    """Models trained with --precision bf16/fp16 have low-precision feature maps."""
+    import keras
+
+    from cifarlab.evaluation.gradcam import gradcam
+    from cifarlab.registry import get_model
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = get_model("seed").build(num_classes=10)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    x, _, _ = _corner_images(4, seed=3)
+    heat = gradcam(model, x)
+    assert heat.shape == (4, 32, 32) and heat.dtype == np.float32 and np.isfinite(heat).all()
+    assert heat.max() <= 1 and heat.min() >= 0

@@ -101,11 +101,12 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
         xb = tf.convert_to_tensor(x[start:start + batch_size])
         with tf.GradientTape() as tape:
             fmap, probs = forward(xb)
-            fmap = tf.cast(fmap, tf.float32)
             probs = tf.cast(probs, tf.float32)
             tb = tf.argmax(probs, axis=1) if targets is None else tf.constant(targets[start:start + batch_size])
             score = tf.math.log(tf.clip_by_value(tf.gather(probs, tb, batch_dims=1), _EPS, 1.0))
-        grads = tape.gradient(score, fmap)
+        # Under mixed precision the map is float16/bfloat16: differentiate through it as it is, then widen.
+        grads = tf.cast(tape.gradient(score, fmap), tf.float32)
+        fmap = tf.cast(fmap, tf.float32)
         # (b, h', w', channels) per position, or (b, 1, 1, channels) averaged.
         weights = grads if method == "hires" else tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]  # (b, h', w', 1)
