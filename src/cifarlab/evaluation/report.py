@@ -430,7 +430,7 @@ def comparison(run: RunData, other: RunData, rel: dict, rel_other: dict) -> dict
 
     def row(label, a, b, fmt, higher_better=True):
         diff = None if a is None or b is None else a - b
-        good = None if diff is None or diff == 0 else (diff > 0) == higher_better
+        good = None if diff is None or diff == 0 or higher_better is None else (diff > 0) == higher_better
         return {"label": label, "a": "?" if a is None else fmt(a), "b": "?" if b is None else fmt(b),
                 "diff": "" if diff is None else ("+" if diff > 0 else "") + fmt(diff), "good": good}
 
@@ -440,7 +440,7 @@ def comparison(run: RunData, other: RunData, rel: dict, rel_other: dict) -> dict
         row("test loss", m["test_loss"], o["test_loss"], f4, higher_better=False),
         row("macro F1", m.get("macro_avg", {}).get("f1"), o.get("macro_avg", {}).get("f1"), lambda v: f"{v:.3f}"),
         row("expected calibration error", rel["ece"], rel_other["ece"], lambda v: f"{v:.3f}", higher_better=False),
-        row("epochs", m.get("epochs"), o.get("epochs"), lambda v: f"{v:g}", higher_better=False),
+        row("epochs", m.get("epochs"), o.get("epochs"), lambda v: f"{v:g}", higher_better=None),
         row("training time (s)", m.get("train_seconds"), o.get("train_seconds"), lambda v: f"{v:,.0f}",
             higher_better=False),
     ]
