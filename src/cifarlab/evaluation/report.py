@@ -534,16 +534,19 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         run_dir, output = runs[-1], output if output is not None else folder / REPORT
         if compare is None and len(runs) > 1:
             compare = runs[-2]
+    # Mistakes in the arguments first, before any model or data is read.
+    out = Path(output) if output is not None else Path(run_dir) / REPORT
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CifarlabError(f"the report is an HTML file: give -o a name ending in .html, not {out}")
+    if compare is not None:
+        if Path(compare).resolve() == Path(run_dir).resolve():
+            raise CifarlabError(f"--compare names the same run as the report ({compare})")
+        check_run_dir(compare)
     run = load_run(run_dir, data=data, test_set=test_set, quiet=quiet)
     other = None
     if compare is not None:
-        if Path(compare).resolve() == run.path.resolve():
-            raise CifarlabError(f"--compare names the same run as the report ({compare})")
         other = load_run(compare, data=data, images=False, quiet=quiet,
-                         test_set=_shared_test_set(run, check_run_dir(compare), data))
-    out = Path(output) if output is not None else run.path / REPORT
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise CifarlabError(f"the report is an HTML file: give -o a name ending in .html, not {out}")
+                         test_set=_shared_test_set(run, Path(compare), data))
     write_text(out, render(run, other))
     return out
 
