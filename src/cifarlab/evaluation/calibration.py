@@ -15,6 +15,9 @@ import numpy as np
 # 15 equal-width confidence bins, as in Guo et al.; fewer hide miscalibration,
 # many more leave bins nearly empty on a 10,000-image test set.
 BINS = 15
+# The largest single-bin gap counts only bins holding at least this share of the
+# images: a bin of one or two images has a gap of chance, not of calibration.
+MCE_MIN_SHARE = 0.01
 
 
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict:
@@ -23,7 +26,8 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict
     ``y_true`` int ``(N,)``; ``probs`` float ``(N, K)``. Confidence is the top
     probability. Returns JSON-ready data: ``edges`` (bins + 1 floats), per bin
     ``count``, ``confidence`` and ``accuracy`` (``None`` for an empty bin), and
-    ``ece`` and ``mce`` (maximum gap), ``mean_confidence`` and ``accuracy`` over
+    ``ece`` and ``mce`` (largest gap in a bin holding at least
+    ``MCE_MIN_SHARE`` of the images), ``mean_confidence`` and ``accuracy`` over
     all images, all as fractions 0-1.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -41,13 +45,14 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict
         acc = right_sum / count
     gaps = np.where(count > 0, np.abs(acc - mean_conf), 0.0)
     n = max(len(y_true), 1)
+    big = count >= MCE_MIN_SHARE * n
     return {
         "edges": edges.tolist(),
         "count": count.astype(int).tolist(),
         "confidence": [None if c == 0 else float(v) for c, v in zip(count, mean_conf)],
         "accuracy": [None if c == 0 else float(v) for c, v in zip(count, acc)],
         "ece": float((count / n * gaps).sum()),
-        "mce": float(gaps.max()) if len(gaps) else 0.0,
+        "mce": float(gaps[big].max()) if big.any() else 0.0,
         "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
         "accuracy_overall": float(correct.mean()) if len(correct) else 0.0,
         "num_images": int(len(y_true)),
