@@ -53,6 +53,7 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict
         "accuracy": [None if c == 0 else float(v) for c, v in zip(count, acc)],
         "ece": float((count / n * gaps).sum()),
         "mce": float(gaps[big].max()) if big.any() else 0.0,
+        "mce_min_share": MCE_MIN_SHARE,
         "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
         "accuracy_overall": float(correct.mean()) if len(correct) else 0.0,
         "num_images": int(len(y_true)),
