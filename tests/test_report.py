@@ -329,6 +329,9 @@ def test_run_directory_missing_a_file(seed_run, tmp_path, capsys, missing):
     ("model.keras", b"not a zip at all", "model.keras: not a Keras model file"),
     ("config.json", b"{\"data\": ", "config.json: corrupt run configuration"),
     ("metrics.json", b"{}", "metrics.json: corrupt test metrics"),
+    ("metrics.json", json.dumps({"test_accuracy": 0.5, "test_loss": 1, "per_class": {}, "macro_avg": {},
+                                 "confusion_matrix": [[1]], "class_names": ["a", "b"]}).encode(),
+     "metrics.json: corrupt test metrics"),
     ("history.csv", b"", "history.csv: corrupt training history"),
     ("test_predictions.npz", b"PK\x03\x04truncated", "test_predictions.npz: corrupt test predictions"),
 ])

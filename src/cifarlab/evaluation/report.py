@@ -131,6 +131,19 @@ def _read_history(path: Path):
     return h
 
 
+def _check_metrics(path: Path, m: dict) -> None:
+    try:
+        names = [str(n) for n in m["class_names"]]
+        cm = np.asarray(m["confusion_matrix"], dtype=np.int64)
+        ok = (len(names) >= 2 and cm.shape == (len(names), len(names))
+              and all(m["per_class"][n]["support"] >= 0 for n in names))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CifarlabError(f"{path}: corrupt test metrics (class names, per-class scores and confusion matrix "
+                            "do not agree)")
+
+
 def check_run_dir(run_dir: str | os.PathLike) -> Path:
     """The run directory as a Path, or a one-line error naming what is missing."""
     run_dir = Path(run_dir)
@@ -169,7 +182,8 @@ def load_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
     run_dir = check_run_dir(run_dir)
     config = _read_json(run_dir / "config.json", "run configuration", ("data",))
     metrics = _read_json(run_dir / "metrics.json", "test metrics",
-                         ("test_accuracy", "test_loss", "per_class", "confusion_matrix", "class_names"))
+                         ("test_accuracy", "test_loss", "per_class", "macro_avg", "confusion_matrix", "class_names"))
+    _check_metrics(run_dir / "metrics.json", metrics)
     history = _read_history(run_dir / "history.csv")
     model, _ = load_model(run_dir / "model.keras")
     k = len(metrics["class_names"])

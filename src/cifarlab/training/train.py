@@ -158,7 +158,8 @@ def _write_report(run: Run, data, quiet: bool) -> None:
     try:
         path = build_report(run.run_dir, test_set=(data.x_test, data.y_test))
     except Exception as e:  # noqa: BLE001 - the run itself is complete and must survive
-        print(f"cifarlab: warning: no report written ({type(e).__name__}: {e}); "
+        why = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
+        print(f"cifarlab: warning: no report written ({why}); "
               f"try `cifarlab report {run.run_dir}`", file=sys.stderr)
         return
     if not quiet:
