@@ -244,7 +244,7 @@ def image_uri(pixels: np.ndarray, scale: int = IMAGE_SCALE) -> str:
     if scale != 1:
         im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG")
     return png_data_uri(buf.getvalue())
 
 

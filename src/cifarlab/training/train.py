@@ -7,6 +7,9 @@ A run directory holds:
 - ``history.csv``   one row per epoch: loss, accuracy, val_loss, val_accuracy, seconds
 - ``metrics.json``  test loss/accuracy, per-class precision/recall/F1, confusion matrix
 - ``accuracy.png``, ``loss.png``, ``confusion.png``, ``predictions.png``
+- ``test_predictions.npz``  test labels and probabilities, for the report (``evaluation.report``)
+- ``report.html``   the run's self-contained HTML report (unless ``report=False`` / ``--no-report``)
+- ``tensorboard/``  TensorBoard logs, with ``tensorboard=True`` / ``--tensorboard``
 
 Each file is written atomically; ``metrics.json`` is written last, so a run
 directory without it never looks complete. A run that fails or is interrupted
