@@ -34,7 +34,7 @@ def assert_one_line_error(p, pattern):
 
 
 RUN_FILES = ["config.json", "model.keras", "history.csv", "metrics.json", "accuracy.png", "loss.png",
-             "confusion.png", "predictions.png"]
+             "confusion.png", "predictions.png", "test_predictions.npz", "report.html"]
 
 
 def test_train_evaluate_predict_end_to_end(shared_archive, tmp_path):
@@ -54,7 +54,7 @@ def test_train_evaluate_predict_end_to_end(shared_archive, tmp_path):
     assert 0.2 < m["test_accuracy"] < 0.6 and m["test_loss"] > 0 and m["epochs"] == 1
     assert set(m["per_class"]) == set(builders.CIFAR10_NAMES)
     assert np.asarray(m["confusion_matrix"]).sum() == 10_000
-    for png in RUN_FILES[4:]:
+    for png in RUN_FILES[4:8]:
         with Image.open(run / png) as im:
             assert im.format == "PNG" and im.size[0] > 300
     for f in run.iterdir():
@@ -89,7 +89,7 @@ def test_same_seed_same_results(tmp_path, shared_archive):
     outs = []
     for i in range(2):
         cifarlab("train", "--data", shared_archive, "--recipe", "seed", "--limit", 600, "--epochs", 2, "--seed", 7,
-                 "--out", tmp_path / f"r{i}", "--quiet")
+                 "--out", tmp_path / f"r{i}", "--quiet", "--no-report")
         outs.append(tmp_path / f"r{i}")
     h0, h1 = (pd.read_csv(o / "history.csv").drop(columns="seconds") for o in outs)
     pd.testing.assert_frame_equal(h0, h1)
@@ -98,7 +98,7 @@ def test_same_seed_same_results(tmp_path, shared_archive):
     cfg = json.loads((outs[0] / "config.json").read_text())
     assert cfg["request"]["seed"] == 7 and cfg["request"]["deterministic"] is True
     # --config reruns a run from its config.json
-    cifarlab("train", "--config", outs[0] / "config.json", "--out", tmp_path / "r2", "--quiet")
+    cifarlab("train", "--config", outs[0] / "config.json", "--out", tmp_path / "r2", "--quiet", "--no-report")
     h2 = pd.read_csv(tmp_path / "r2" / "history.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(h0, h2)
 
@@ -187,7 +187,7 @@ def test_existing_run_dir_is_never_overwritten(seed_run, capsys, shared_archive)
 
 def test_folder_dataset_trains(tmp_path):
     root = builders.image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=10, test_per_class=3)
-    p = cifarlab("train", "--data", root, "--epochs", 1, "--out", tmp_path / "run", "--quiet")
+    p = cifarlab("train", "--data", root, "--epochs", 1, "--out", tmp_path / "run", "--quiet", "--no-report")
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["class_names"] == ["a", "b", "c"] and m["num_images"] == 9
     assert "run directory" in p.stdout

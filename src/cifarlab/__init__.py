@@ -36,6 +36,7 @@ _LAZY = {
     "predict": "cifarlab.serving.predict",
     "predict_arrays": "cifarlab.serving.predict",
     "dataset_info": "cifarlab.data.info",
+    "build_report": "cifarlab.evaluation.report",
 }
 
 __all__ = ["CifarlabError", "MODELS", "RECIPES", "get_model", "get_recipe", "__version__", *_LAZY]

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE)")
     p.add_argument("--config", metavar="CONFIG_JSON", help="rerun a run's config.json (other flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
     p.add_argument("target", metavar="RUN_DIR|MODEL")
@@ -81,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10, metavar="K", help="number of classes for a named model")
 
     sub.add_parser("list", help="registered models and recipes")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of a run")
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory, or a folder of runs: the newest vs the one before")
+    p.add_argument("-o", "--output", metavar="HTML", help="file to write (default RUN_DIR/report.html)")
+    p.add_argument("--compare", metavar="OTHER_RUN", help="a second run directory to show side by side")
+    p.add_argument("--data", metavar="PATH", help="where the test images are (default: the data the run used)")
     return parser
 
 
@@ -126,6 +134,7 @@ def cmd_train(args) -> int:
     if args.config:
         given["out"] = args.out  # a rerun never writes into the old run's directory
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
+    cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
     _quiet_tf()
     from cifarlab.training.train import train
@@ -219,7 +228,15 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from cifarlab.evaluation.report import build_report
+
+    print(f"wrote {build_report(args.run, args.output, compare=args.compare, data=args.data)}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list}
+COMMANDS["report"] = cmd_report
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
-NEEDS_TF = {"evaluate", "predict", "summary"}
+NEEDS_TF = {"evaluate", "predict", "summary", "report"}

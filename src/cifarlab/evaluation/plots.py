@@ -12,7 +12,8 @@ from cifarlab.fileio import atomic_path
 def _plt():
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; never needs a display
+    if "inline" not in matplotlib.get_backend():  # a notebook keeps its inline plots
+        matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
     return plt

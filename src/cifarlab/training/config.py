@@ -30,6 +30,8 @@ class TrainConfig:
     coarse: bool = False
     out: str | None = None
     quiet: bool = False
+    report: bool = True  # write report.html at the end (cifarlab.evaluation.report)
+    tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/tensorboard
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -7,6 +7,9 @@ A run directory holds:
 - ``history.csv``   one row per epoch: loss, accuracy, val_loss, val_accuracy, seconds
 - ``metrics.json``  test loss/accuracy, per-class precision/recall/F1, confusion matrix
 - ``accuracy.png``, ``loss.png``, ``confusion.png``, ``predictions.png``
+- ``test_predictions.npz``  test labels and probabilities, for the report (``evaluation.report``)
+- ``report.html``   the run's self-contained HTML report (unless ``report=False`` / ``--no-report``)
+- ``tensorboard/``  TensorBoard logs, with ``tensorboard=True`` / ``--tensorboard``
 
 Each file is written atomically; ``metrics.json`` is written last, so a run
 directory without it never looks complete. A run that fails or is interrupted
@@ -94,10 +97,28 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
                         limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
     out = _claim_run_dir(Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name))
     try:
-        return _train_in(out, cfg, recipe, spec, data, resolved_precision)
+        run = _train_in(out, cfg, recipe, spec, data, resolved_precision)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
+    if cfg.report:
+        _write_report(run, data, cfg.quiet)
+    return run
+
+
+def _write_report(run: Run, data, quiet: bool) -> None:
+    """report.html for a finished run; a failure here is a warning, never the loss of the run."""
+    from cifarlab.evaluation.report import build_report
+
+    try:
+        path = build_report(run.run_dir, test_set=(data.x_test, data.y_test))
+    except Exception as e:  # noqa: BLE001 - the run itself is complete and must survive
+        why = str(e) if isinstance(e, CifarlabError) else f"{type(e).__name__}: {e}"
+        print(f"cifarlab: warning: no report written ({why}); "
+              f"try `cifarlab report {run.run_dir}`", file=sys.stderr)
+        return
+    if not quiet:
+        print(f"report: {path}")
 
 
 def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -> Run:
@@ -130,6 +151,8 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
     model = spec.build(num_classes=data.num_classes)
     model.compile(optimizer=_optimizer(recipe), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = [_EpochTimer()]
+    if cfg.tensorboard:
+        callbacks.append(_tensorboard(out))
     if recipe.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=recipe.monitor, patience=recipe.early_stopping_patience,
@@ -158,6 +181,9 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
     })
     write_text(out / "history.csv", history.to_csv(index=False))
     write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
+    from cifarlab.evaluation.report import PREDICTIONS, save_predictions
+
+    save_predictions(out / PREDICTIONS, data.y_test, probs)  # for the report: the very probabilities measured
     config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
@@ -198,3 +224,12 @@ class _EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(round(time.perf_counter() - self._t, 3))
+
+
+def _tensorboard(out: Path):
+    """Keras' TensorBoard callback logging into RUN_DIR/tensorboard (``tensorboard --logdir RUN_DIR``)."""
+    try:
+        import tensorboard  # noqa: F401 - TensorFlow writes summaries only with it installed
+    except ImportError:
+        raise CifarlabError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), histogram_freq=0, write_graph=False)
