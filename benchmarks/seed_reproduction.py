@@ -6,7 +6,10 @@
 2. ``cifarlab``: ``cifarlab train --model seed --recipe seed --validate-on test``.
 
 Each runs in its own process; we record epochs, training seconds (fit only), test
-accuracy and the process's peak RSS. Targets (issue 2): cifarlab's accuracy within
+accuracy and the process's peak RSS. Early stopping with patience 2 makes a single
+run's accuracy swing by a few points (one run here stopped at 64.4 %, the notebook
+pipeline beside it at 65.3 %), so both pipelines run ``--repeats`` times (default 3,
+interleaved, cifarlab with seeds 0, 1, 2) and the checks use the means. Targets (issue 2): cifarlab's accuracy within
 +-2 points of 67.2 %, its training time no worse than the notebook pipeline's, peak
 memory <= 4 GiB.
 
@@ -61,7 +64,7 @@ CIFARLAB = PEAK_SNIPPET + """
 import json
 from cifarlab.cli import main
 rc = main(["train", "--model", "seed", "--recipe", "seed", "--validate-on", "test", "--data", sys.argv[1],
-           "--out", sys.argv[2], "--quiet"])
+           "--out", sys.argv[2], "--seed", sys.argv[3], "--quiet"])
 m = json.load(open(sys.argv[2] + "/metrics.json"))
 print("RESULT=" + json.dumps({k: m[k] for k in ("epochs", "train_seconds", "test_accuracy", "test_loss")}))
 raise SystemExit(rc)
@@ -77,24 +80,36 @@ def run(code: str, *args: str) -> dict:
 
 
 def main() -> None:
+    import statistics
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(SHARED_ARCHIVE))
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    runs = {"notebook": [], "cifarlab": []}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {"notebook": run(NOTEBOOK, a.data), "cifarlab": run(CIFARLAB, a.data, str(Path(tmp) / "run"))}
-    nb, cl = results["notebook"], results["cifarlab"]
+        for i in range(a.repeats):  # interleaved: load on a shared machine drifts over minutes
+            runs["notebook"].append(run(NOTEBOOK, a.data))
+            runs["cifarlab"].append(run(CIFARLAB, a.data, str(Path(tmp) / f"run{i}"), str(i)))
+            print(f"repeat {i}: " + json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
+    mean = {k: {f: statistics.mean(r[f] for r in v) for f in ("epochs", "train_seconds", "test_accuracy")}
+            | {"peak_rss_mib": max(r["peak_rss_mib"] for r in v)} for k, v in runs.items()}
+    nb, cl = mean["notebook"], mean["cifarlab"]
     checks = {
-        "accuracy_within_2_points_of_67.2": abs(cl["test_accuracy"] * 100 - 67.2) <= 2.0,
-        "train_time_no_worse_than_notebook": cl["train_seconds"] <= nb["train_seconds"],
+        "mean_accuracy_within_2_points_of_67.2": abs(cl["test_accuracy"] * 100 - 67.2) <= 2.0,
+        "mean_train_time_no_worse_than_notebook": cl["train_seconds"] <= nb["train_seconds"],
         "peak_memory_le_4_gib": cl["peak_rss_mib"] <= 4096,
     }
-    table = "| pipeline | epochs | training s | test accuracy | peak RSS MiB |\n|---|---|---|---|---|\n" + "".join(
-        f"| {k} | {v['epochs']} | {v['train_seconds']:.0f} | {v['test_accuracy']:.2%} | {v['peak_rss_mib']:.0f} |\n"
-        for k, v in results.items())
-    table += (f"\nTraining time ratio cifarlab / notebook: {cl['train_seconds'] / nb['train_seconds']:.2f}. "
+    table = ("| pipeline | run | epochs | training s | test accuracy | peak RSS MiB |\n|---|---|---|---|---|---|\n"
+             + "".join(f"| {k} | {i} | {r['epochs']} | {r['train_seconds']:.0f} | {r['test_accuracy']:.2%} | "
+                       f"{r['peak_rss_mib']:.0f} |\n" for k, v in runs.items() for i, r in enumerate(v))
+             + "".join(f"| **{k}** | mean | {m['epochs']:.1f} | {m['train_seconds']:.0f} | {m['test_accuracy']:.2%} | "
+                       f"{m['peak_rss_mib']:.0f} (max) |\n" for k, m in mean.items()))
+    table += (f"\nTraining time ratio cifarlab / notebook (means): {cl['train_seconds'] / nb['train_seconds']:.2f}. "
               + "Checks: " + ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in checks.items()) + ".")
     print(table)
-    record("seed_reproduction", {"data": a.data, "results": results, "checks": checks}, table)
+    record("seed_reproduction", {"data": a.data, "repeats": a.repeats, "runs": runs, "mean": mean, "checks": checks},
+           table)
 
 
 if __name__ == "__main__":
