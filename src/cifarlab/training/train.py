@@ -128,6 +128,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.models.io import save_model
     from cifarlab.training import precision as prec
+    from cifarlab.training.pipeline import batches
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -159,8 +160,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
             restore_best_weights=recipe.restore_best_weights))
     verbose = 0 if cfg.quiet else (1 if sys.stdout.isatty() else 2)
     t0 = time.perf_counter()
-    hist = model.fit(data.x_train, data.y_train, batch_size=recipe.batch_size, epochs=recipe.epochs,
-                     validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=verbose, shuffle=True)
+    train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
+    val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
+    hist = model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
+                     verbose=verbose)
     train_seconds = time.perf_counter() - t0
 
     history = pd.DataFrame(hist.history)
