@@ -93,10 +93,9 @@ def _runner(fmt: str, path: Path):
     return run
 
 
-def compare(fmt: str, path: Path, model, x: np.ndarray, precision: str = "fp32") -> dict:
-    """Agreement of an export with the Keras model on images ``x``; raises if under the thresholds."""
+def compare(fmt: str, path: Path, ref: np.ndarray, x: np.ndarray, precision: str = "fp32") -> dict:
+    """Agreement of an export with the Keras model's probabilities ``ref`` on images ``x``; raises if under the thresholds."""
     xf = x.astype(np.float32)
-    ref = np.asarray(model.predict(xf, batch_size=CHECK_BATCH, verbose=0), dtype=np.float32)
     run = _runner(fmt, path)
     got = np.concatenate([run(xf[i:i + CHECK_BATCH]) for i in range(0, len(xf), CHECK_BATCH)]).astype(np.float32)
     if got.shape != ref.shape:
@@ -124,6 +123,8 @@ def export(model_or_run: str | os.PathLike, fmt: str, out: str | os.PathLike,
     model, meta = load_model(src)
     x, data_src = check_images(src, data, n_check)  # before the slow export: a missing --data fails fast
     precision = str(meta.get("precision", "fp32"))
+    # The reference first: it also calls the model once, which the ONNX exporter requires.
+    ref = np.asarray(model.predict(x.astype(np.float32), batch_size=CHECK_BATCH, verbose=0), dtype=np.float32)
     t0 = time.perf_counter()
     if fmt == "savedmodel":
         if out.exists() and not out.is_dir():
@@ -132,14 +133,14 @@ def export(model_or_run: str | os.PathLike, fmt: str, out: str | os.PathLike,
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
             _keras_export(model, tmp, "tf_saved_model")
-            report = compare(fmt, tmp, model, x, precision)
+            report = compare(fmt, tmp, ref, x, precision)
             _replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
         with atomic_path(out, suffix=SUFFIX[fmt]) as tmp:
             _keras_export(model, tmp, "onnx" if fmt == "onnx" else "litert")
-            report = compare(fmt, tmp, model, x, precision)
+            report = compare(fmt, tmp, ref, x, precision)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     return {"format": fmt, "path": str(out), "bytes": size, "source": str(src), "check_data": data_src,
             "precision": precision, "seconds": round(time.perf_counter() - t0, 2), **report}
