@@ -171,16 +171,13 @@ def test_web_page_is_self_contained(server):
         assert external not in html
 
 
-def test_busy_port_is_a_one_line_error(server, seed_run):
-    import subprocess
-    import sys
+def test_busy_port_is_a_one_line_error(server, seed_run, capsys):
+    from cifarlab.cli import main
 
     port = server.url.rsplit(":", 1)[1]
-    r = subprocess.run([sys.executable, "-m", "cifarlab", "serve", str(seed_run.run_dir), "--port", port],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("cifarlab: error: cannot listen on 127.0.0.1:" + port)
-    assert "Traceback" not in r.stderr
+    assert main(["serve", str(seed_run.run_dir), "--port", port]) == 2  # the real CLI, in-process
+    err = capsys.readouterr().err
+    assert err.startswith("cifarlab: error: cannot listen on 127.0.0.1:" + port) and len(err.splitlines()) == 1
 
 
 # ---- property-based tests from the OpenAPI schema ------------------------------------------------

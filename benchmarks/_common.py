@@ -1,0 +1,74 @@
+"""Shared by the benchmarks: run a child process and measure it, record figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg-binary.tar.gz"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run ``cmd``; return wall seconds, exit code, output and the child's peak RSS (MiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    # wait4 was done by communicate(); ru_maxrss of a single child needs os.wait4, so
+    # children report their own peak via a last JSON line when they can.
+    peak = None
+    m = re.search(r"^PEAK_RSS_MIB=([\d.]+)$", err or "", re.M)
+    if m:
+        peak = float(m.group(1))
+    return {"wall_seconds": round(wall, 2), "returncode": proc.returncode, "stdout": out, "stderr": err,
+            "peak_rss_mib": peak}
+
+
+def record(name: str, figures: dict, table: str) -> Path:
+    """Write ``results/NAME.json`` and replace the ``## NAME`` section of RESULTS.md."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    figures = {"benchmark": name, "date": stamp, "machine": machine(), "python": sys.version.split()[0], **figures}
+    out = HERE / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(tmp, out)
+    md = HERE / "RESULTS.md"
+    text = md.read_text() if md.exists() else "# Benchmark results\n\nEach section is rewritten by its benchmark.\n"
+    section = f"## {name}\n\n{stamp}; {figures['machine']}.\n\n{table.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    tmp = md.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, md)
+    return out
+
+
+PEAK_SNIPPET = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: print(f'PEAK_RSS_MIB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}',"
+    " file=sys.stderr))\n"
+)
