@@ -248,3 +248,46 @@ def test_browser_upload_shows_the_models_label(server, chromium, seed_run, test_
         assert driver.find_element(By.ID, "error").text == ""
     finally:
         driver.quit()
+
+
+def test_bad_serve_flags(seed_run, capsys):
+    from cifarlab.cli import main
+
+    for flags in (["--max-upload-mb", "0"], ["--port", "70000"], ["--max-batch", "0"]):
+        assert main(["serve", str(seed_run.run_dir), *flags]) == 2
+        assert capsys.readouterr().err.startswith("cifarlab: error: --")
+
+
+def test_upload_limit_is_configurable(seed_run, test_images):
+    """The limit behind --max-upload-mb, on a second real server (uvicorn in a thread of this process)."""
+    import socket
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    from cifarlab.serving.app import create_app, load_served_model
+
+    good = png_bytes(test_images[0])
+    app = create_app(load_served_model(seed_run.run_dir), max_bytes=len(good))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with requests.Session() as s:
+            s.trust_env = False
+            for _ in range(300):
+                if server.started:
+                    break
+                time.sleep(0.05)
+            assert s.post(url + "/predict", data=good).status_code == 200
+            r = s.post(url + "/predict", data=good + b"\0")
+            assert r.status_code == 413 and f"{len(good):,}" in r.json()["error"]
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
