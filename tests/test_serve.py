@@ -246,6 +246,22 @@ def test_browser_upload_shows_the_models_label(server, chromium, seed_run, test_
         assert rows[0].get_attribute("data-class") == want
         assert driver.find_element(By.ID, "preview").is_displayed()
         assert driver.find_element(By.ID, "error").text == ""
+
+        # Dropping a file on the drop zone works too (a drop event carrying a File, as a drag from the desktop).
+        import base64
+
+        dropped = tmp_path / "dropped.png"
+        dropped.write_bytes(png_bytes(test_images[5]))
+        want2 = predict(seed_run.run_dir, [dropped], top=1)[0].top[0][0]
+        driver.execute_script("""
+            const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            document.body.removeAttribute("data-top1");
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        """, base64.b64encode(dropped.read_bytes()).decode())
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-top1"))
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-top1") == want2
     finally:
         driver.quit()
 
