@@ -64,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("model", metavar="RUN_DIR|MODEL")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files and folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON, one object per image")
+    p.add_argument("--out", metavar="CSV", help="write a CSV instead of printing; streams through any number of "
+                                                "files, and unreadable files get an error column, not a stop")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per model call (default 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("show", help="save a picture of dataset images with their labels")
     _data_args(p)
@@ -89,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="HTML", help="file to write (default RUN_DIR/report.html)")
     p.add_argument("--compare", metavar="OTHER_RUN", help="a second run directory to show side by side")
     p.add_argument("--data", metavar="PATH", help="where the test images are (default: the data the run used)")
+    p = sub.add_parser("serve", help="HTTP prediction service with a web page (FastAPI on uvicorn)")
+    p.add_argument("model", metavar="RUN_DIR|MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                   help="largest request body in MB; more is answered 413 (default 10)")
+    p.add_argument("--max-batch", type=int, default=64, metavar="N", help="most images per model call (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="longest a request waits for others to batch with (default 5)")
+
+    p = sub.add_parser("export", help="export a model to SavedModel, ONNX or TFLite, checked against Keras")
+    p.add_argument("model", metavar="RUN_DIR|MODEL")
+    p.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"))
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="file (onnx, tflite) or folder (savedmodel)")
+    p.add_argument("--data", metavar="PATH", help="dataset whose test images check the export "
+                                                  "(default: the one the run used)")
+    p.add_argument("--json", action="store_true", help="print the check report as JSON")
     return parser
 
 
@@ -156,11 +177,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cifarlab.serving.predict import predict
+    from cifarlab.serving.predict import collect_images, predict, predict_files, write_predictions_csv
 
     if args.top_k < 1:
         raise CifarlabError(f"--top-k must be at least 1, not {args.top_k}")
-    for pred in predict(args.model, args.images, top=args.top_k):
+    if args.batch_size < 1:
+        raise CifarlabError(f"--batch-size must be at least 1, not {args.batch_size}")
+    files = collect_images(args.images)
+    if not files:
+        raise CifarlabError("no image files found in " + ", ".join(args.images))
+    if args.out:
+        preds = predict_files(args.model, files, top=args.top_k, batch_size=args.batch_size, progress=not args.quiet)
+        counts = write_predictions_csv(preds, args.out, top=args.top_k)
+        print(f"wrote {args.out}: {counts['images']} images, {counts['errors']} unreadable")
+        return 0
+    for pred in predict(args.model, files, top=args.top_k):
         if args.json:
             print(json.dumps(pred.to_dict()))
         else:
@@ -235,8 +266,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from cifarlab.serving.app import serve
+
+    if not 0 <= args.port <= 65535:
+        raise CifarlabError(f"--port must be 0-65535, not {args.port}")
+    if args.max_upload_mb <= 0 or args.max_batch < 1 or args.max_wait_ms < 0:
+        raise CifarlabError("--max-upload-mb must be > 0, --max-batch >= 1 and --max-wait-ms >= 0")
+    serve(args.model, host=args.host, port=args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
+          max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
+          announce=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cifarlab.serving.export import export
+
+    r = export(args.model, args.format, args.output, data=args.data)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"wrote {r['path']} ({r['format']}, {r['bytes']:,} bytes); checked on {r['images']} test images: "
+              f"top-1 agrees {r['top1_agreement']:.2%} (need {r['required']['top1_agreement']:.1%}), largest "
+              f"probability difference {r['max_abs_prob_diff']:.1e} (need <= {r['required']['max_abs_prob_diff']:g})")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
-            "info": cmd_info, "summary": cmd_summary, "list": cmd_list}
-COMMANDS["report"] = cmd_report
+            "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
+            "serve": cmd_serve, "export": cmd_export}
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
-NEEDS_TF = {"evaluate", "predict", "summary", "report"}
+NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}

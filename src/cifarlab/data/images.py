@@ -25,13 +25,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 40_000_000
 
 
+# Distinct kinds of bad image, so a caller (the HTTP service) can answer each with
+# its own status code; all are CifarlabError, so other callers need not care.
+class ImageError(CifarlabError):
+    """Some image file could not be turned into pixels."""
+
+
+class NotAnImageError(ImageError):
+    """The bytes are not an image format Pillow knows (or not a file at all)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The header declares more pixels than allowed (a decompression bomb); nothing was allocated."""
+
+
+class CorruptImageError(ImageError):
+    """A recognised format whose data is truncated, corrupt or empty."""
+
+
 def to_array(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
     """Decode one image file (path or bytes) to a ``(32, 32, 3)`` uint8 RGB array.
 
     Any size, any Pillow mode: RGB, RGBA and LA (composited on white), L, P,
     CMYK, 1-bit, 16-bit and float greyscale. Non-square images are centre-cropped
     to a square before resizing, so objects keep their shape. EXIF rotation is
-    applied. Raises :class:`CifarlabError` naming the file for anything that is
+    applied. Raises :class:`ImageError` (a :class:`CifarlabError`; the subclass says which kind) naming the file for anything that is
     not a readable image (including truncated files and decompression bombs).
     """
     label = name or (str(source) if not isinstance(source, bytes) else "image")
@@ -39,25 +57,25 @@ def to_array(source: str | os.PathLike | bytes, name: str | None = None) -> np.n
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise CifarlabError(f"{label}: image is {w}x{h} pixels, more than the {MAX_PIXELS:,} allowed")
+                raise ImageTooLargeError(f"{label}: image is {w}x{h} pixels, more than the {MAX_PIXELS:,} allowed")
             if w == 0 or h == 0:
-                raise CifarlabError(f"{label}: image has no pixels")
+                raise CorruptImageError(f"{label}: image has no pixels")
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
     except CifarlabError:
         raise
     except FileNotFoundError:
-        raise CifarlabError(f"{label}: no such file") from None
+        raise NotAnImageError(f"{label}: no such file") from None
     except IsADirectoryError:
-        raise CifarlabError(f"{label}: is a folder, not an image file") from None
+        raise NotAnImageError(f"{label}: is a folder, not an image file") from None
     except UnidentifiedImageError:
-        raise CifarlabError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+        raise NotAnImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
-        raise CifarlabError(f"{label}: refused as a decompression bomb ({e})") from None
+        raise ImageTooLargeError(f"{label}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow reports truncated or corrupt data as OSError/SyntaxError.
-        raise CifarlabError(f"{label}: unreadable image ({e})") from None
+        raise CorruptImageError(f"{label}: unreadable image ({e})") from None
     return square_resize(rgb)
 
 
