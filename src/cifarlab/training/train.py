@@ -163,7 +163,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
     hist = model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                     verbose=verbose)
+                     verbose=verbose, shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
     history = pd.DataFrame(hist.history)
