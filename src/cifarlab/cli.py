@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE)")
     p.add_argument("--config", metavar="CONFIG_JSON", help="rerun a run's config.json (other flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
     p.add_argument("target", metavar="RUN_DIR|MODEL")
@@ -81,7 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10, metavar="K", help="number of classes for a named model")
 
     sub.add_parser("list", help="registered models and recipes")
+
+    p = sub.add_parser("launch", help="run a command as N local worker processes (multi-worker training)")
+    p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
+    p.add_argument("--port", type=int, default=0, metavar="PORT",
+                   help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
+                   help="the cifarlab command each worker runs, after --")
     return parser
+
+
+def _scale_args(p):
+    from cifarlab.training.distribute import CHOICES  # no TensorFlow import: the CLI imports it quietly later
+
+    DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
+
+    p.add_argument("--strategy", default=None, choices=CHOICES,
+                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                        "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help=f"also checkpoint every STEPS steps within an epoch (default {DEFAULT_EVERY_STEPS}; "
+                        "0: only at the end of each epoch)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,9 +144,20 @@ def cmd_train(args) -> int:
         given["coarse"] = True
     if args.config:
         given["out"] = args.out  # a rerun never writes into the old run's directory
+    given.update({k: v for k, v in {"strategy": args.strategy, "devices": args.devices,
+                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
-    run = train(cfg)
+    from cifarlab.training.signals import Interrupted
+
+    try:
+        run = train(cfg)
+    except Interrupted as e:
+        print(f"cifarlab: {e}", file=sys.stderr)
+        return e.exit_code
     m = run.metrics
+    if not m:  # a multi-worker run's other workers: the chief reports
+        print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
+        return 0
     print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
     return 0
@@ -211,6 +245,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    from cifarlab.launch import launch
+
+    return launch(args.workers, args.cmd, port=args.port)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list}
+COMMANDS["launch"] = cmd_launch
 NEEDS_TF = {"train", "evaluate", "predict", "summary"}
