@@ -231,7 +231,9 @@ def raise_if_peer_lost(error: BaseException, placement: Placement, out) -> None:
     lost = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
             tf.errors.AbortedError, tf.errors.InternalError)
     if isinstance(error, lost):
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()
+                 and not ln.strip().startswith(("Graph execution error", "Detected at node", "File ", "[["))]
+        first = (lines or [""])[0][:160]
         raise CifarlabError(f"lost contact with another worker ({type(error).__name__}: {first}); stopping. "
                             f"The last checkpoint is in {out}/checkpoint: start all workers again with the "
                             "same command to resume") from None
