@@ -172,14 +172,13 @@ class Checkpointer(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, stop: StopRequest, placement=None, every_steps: int | None = None,
-                 siblings: list | None = None, quiet: bool = False):
+                 siblings: list | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.stop = stop
         self.placement = placement
         self.every_steps = DEFAULT_EVERY_STEPS if every_steps is None else every_steps
         self.siblings = siblings if siblings is not None else []
-        self.quiet = quiet
         self.rows: list[dict] = []  # history, one dict per completed epoch
         self.epochs_done = 0
         self.epochs_run_here = 0
@@ -263,7 +262,7 @@ class Checkpointer(keras.callbacks.Callback):
         epochs = self.params.get("epochs", 0)
         model._initial_epoch = epochs if self._stopped_early else self.epochs_done
         self.resumed_from = self.last_saved = state
-        if not self.quiet and self.writes:
+        if self.writes:  # even with --quiet: a user must know this run did not start afresh
             again = " (that epoch starts over with the weights it had reached)" if state["step"] else ""
             print(f"resuming from the checkpoint {self._where(state)}{again}", file=sys.stderr, flush=True)
 

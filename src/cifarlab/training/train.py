@@ -186,8 +186,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
             restore_best_weights=recipe.restore_best_weights))
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
-    ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks),
-                                   quiet=cfg.quiet)
+    ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
     callbacks.append(ckpt)  # last: it records what the other callbacks decided
     t0 = time.perf_counter()
     with stop:
