@@ -98,6 +98,14 @@ def test_sigterm_checkpoints_and_exits_143(shared_archive, tmp_path):
         checkpoint.claim(out, {**request, "lr": 0.5})
 
 
+def test_other_workers_never_check_or_create_the_run_directory(tmp_path):
+    # The chief may be half-way through creating it (only its write probe there yet).
+    (tmp_path / ".write-test").write_bytes(b"")
+    assert checkpoint.claim(tmp_path, {}, chief=False) is False
+    assert checkpoint.claim(tmp_path / "absent", {}, chief=False) is False
+    assert not (tmp_path / "absent").exists()
+
+
 def test_completed_run_is_never_overwritten(seed_run):
     with pytest.raises(CifarlabError, match="completed run"):
         checkpoint.claim(seed_run.run_dir, seed_run.config["request"])

@@ -89,8 +89,11 @@ def claim(out: Path, request: dict, chief: bool = True) -> bool:
 
     A completed run (``metrics.json`` present) is never touched. An interrupted one
     (``config.json`` but no ``metrics.json``) is resumed if it was started with the same
-    settings. Any other non-empty folder is refused. Only the chief creates anything.
+    settings. Any other non-empty folder is refused. Only the chief checks and creates.
     """
+    if not chief:
+        # Other workers neither check nor create: the chief does, and is writing there right now.
+        return False
     if (out / "metrics.json").exists():
         raise CifarlabError(f"{out} holds a completed run; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -106,14 +109,13 @@ def claim(out: Path, request: dict, chief: bool = True) -> bool:
             raise CifarlabError(f"{out} holds an interrupted run started with other settings ({'; '.join(diff)}); "
                                 "resume it with the same settings or choose another --out")
         return True
-    if chief:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
     return False
 
 
@@ -213,11 +215,12 @@ class Checkpointer(keras.callbacks.Callback):
         }
 
     def save(self) -> None:
-        if not self.writes:
-            return
         import h5py
 
         state = self._state()
+        if not self.writes:  # the chief writes this same state; the other workers only keep track
+            self.last_saved = state
+            return
         target = path(self.run_dir)
         try:
             with atomic_path(target, suffix=".weights.h5") as tmp:

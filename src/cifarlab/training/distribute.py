@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from cifarlab.errors import CifarlabError
@@ -233,7 +234,7 @@ def raise_if_peer_lost(error: BaseException, placement: Placement, out) -> None:
     if isinstance(error, lost):
         lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()
                  and not ln.strip().startswith(("Graph execution error", "Detected at node", "File ", "[["))]
-        first = (lines or [""])[0][:160]
+        first = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", (lines or [""])[0])[:200]
         raise CifarlabError(f"lost contact with another worker ({type(error).__name__}: {first}); stopping. "
                             f"The last checkpoint is in {out}/checkpoint: start all workers again with the "
                             "same command to resume") from None
