@@ -46,6 +46,7 @@ def test_one_device_two_devices_two_workers_agree(seed_run, shared_archive, tmp_
         assert not (run / "checkpoint").exists()  # a completed run drops its checkpoint
     assert "[worker 1] worker finished 1 epochs" in out  # the other worker reported through the launcher
     accuracies = {k: m["test_accuracy"] for k, m in results.items()}
+    print("test accuracy after 1 epoch:", accuracies)
     assert all(m["epochs"] == 1 for m in results.values())
     assert max(accuracies.values()) - min(accuracies.values()) <= ACCURACY_TOLERANCE, accuracies
     assert min(accuracies.values()) > 0.15, accuracies  # all of them learned something (chance: 0.10)

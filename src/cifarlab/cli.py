@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-on", default="holdout", choices=("holdout", "test"),
                    help="holdout: 10%% of the training images, stratified (default); "
                         "test: validate on the test set, as the seed notebook did")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE), or an interrupted "
+                        "run's directory to resume it")
     p.add_argument("--config", metavar="CONFIG_JSON", help="rerun a run's config.json (other flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _scale_args(p)
