@@ -147,8 +147,12 @@ def setup(kind: str = "auto", devices: int | None = None) -> Placement:
     if cluster is None:
         raise CifarlabError("--strategy multiworker needs TF_CONFIG describing the cluster "
                             "(or start the workers with `cifarlab launch --workers N -- train ...`)")
-    if devices is not None:
-        _local_devices(devices)  # GPUs per worker / logical CPUs per worker
+    if devices is not None:  # use only the first N GPUs of this worker
+        gpus = tf.config.list_physical_devices("GPU")
+        if devices > len(gpus):
+            raise CifarlabError(f"--devices {devices} with --strategy multiworker picks GPUs per worker, and this "
+                                f"worker has {len(gpus)}; without GPUs each worker trains on its CPU")
+        tf.config.set_visible_devices(gpus[:devices], "GPU")
     _patch_keras_for_multiworker()
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
     try:
@@ -157,7 +161,8 @@ def setup(kind: str = "auto", devices: int | None = None) -> Placement:
         raise CifarlabError(f"cannot join the cluster in TF_CONFIG: {str(e).splitlines()[0]}") from None
     task = cluster["task"]
     index = int(task.get("index", 0)) + (1 if "chief" in cluster["cluster"] and task["type"] == "worker" else 0)
-    p = Placement(strategy, "multiworker", 0, workers=strategy.extended._num_workers, worker_index=index)
+    workers = len(cluster["cluster"]["worker"]) + len(cluster["cluster"].get("chief", []))
+    p = Placement(strategy, "multiworker", 0, workers=workers, worker_index=index)
     return p.fix_replicas()
 
 
