@@ -181,7 +181,7 @@ def test_existing_run_dir_is_never_overwritten(seed_run, capsys, shared_archive)
     before = (seed_run.run_dir / "metrics.json").read_bytes()
     rc = main(["train", "--data", str(shared_archive), "--limit", "100", "--epochs", "1",
                "--out", str(seed_run.run_dir), "--quiet"])
-    assert rc == 2 and "already exists" in capsys.readouterr().err
+    assert rc == 2 and "holds a completed run" in capsys.readouterr().err
     assert (seed_run.run_dir / "metrics.json").read_bytes() == before
 
 

@@ -51,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-on", default="holdout", choices=("holdout", "test"),
                    help="holdout: 10%% of the training images, stratified (default); "
                         "test: validate on the test set, as the seed notebook did")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/DATE-MODEL-RECIPE), or an interrupted "
+                        "run's directory to resume it")
     p.add_argument("--config", metavar="CONFIG_JSON", help="rerun a run's config.json (other flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
+    _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
     p.add_argument("target", metavar="RUN_DIR|MODEL")
@@ -110,7 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="dataset whose test images check the export "
                                                   "(default: the one the run used)")
     p.add_argument("--json", action="store_true", help="print the check report as JSON")
+
+    p = sub.add_parser("launch", help="run a command as N local worker processes (multi-worker training)")
+    p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
+    p.add_argument("--port", type=int, default=0, metavar="PORT",
+                   help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
+                   help="the cifarlab command each worker runs, after --")
     return parser
+
+
+def _scale_args(p):
+    from cifarlab.training.distribute import CHOICES  # no TensorFlow import: the CLI imports it quietly later
+
+    DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
+
+    p.add_argument("--strategy", default=None, choices=CHOICES,
+                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                        "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help=f"also checkpoint every STEPS steps within an epoch (default {DEFAULT_EVERY_STEPS}; "
+                        "0: only at the end of each epoch)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +178,24 @@ def cmd_train(args) -> int:
         given["coarse"] = True
     if args.config:
         given["out"] = args.out  # a rerun never writes into the old run's directory
+    given.update({k: v for k, v in {"strategy": args.strategy, "devices": args.devices,
+                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
     _quiet_tf()
+    from cifarlab.training.signals import Interrupted
     from cifarlab.training.train import train
 
-    run = train(cfg)
+    try:
+        run = train(cfg)
+    except Interrupted as e:
+        print(f"cifarlab: {e}", file=sys.stderr)
+        return e.exit_code
     m = run.metrics
+    if not m:  # a multi-worker run's other workers: the chief reports
+        print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
+        return 0
     print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
     return 0
@@ -292,8 +326,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    from cifarlab.launch import launch
+
+    return launch(args.workers, args.cmd, port=args.port)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
-            "serve": cmd_serve, "export": cmd_export}
+            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch}
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
 NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}

@@ -32,6 +32,9 @@ class TrainConfig:
     quiet: bool = False
     report: bool = True  # write report.html at the end (cifarlab.evaluation.report)
     tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/tensorboard
+    strategy: str = "auto"  # distribution: auto | mirrored | multiworker (training.distribute)
+    devices: int | None = None  # local devices (GPUs, or logical CPUs) per worker
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints; None: the default, 0: epochs only
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -12,15 +12,16 @@ A run directory holds:
 - ``tensorboard/``  TensorBoard logs, with ``tensorboard=True`` / ``--tensorboard``
 
 Each file is written atomically; ``metrics.json`` is written last, so a run
-directory without it never looks complete. A run that fails or is interrupted
-removes the directory it created.
+directory without it never looks complete. While training, ``checkpoint/`` holds the
+latest checkpoint (see ``training.checkpoint``): a run that is killed, interrupted or
+crashes keeps it, and the same command with the same ``--out`` resumes; a run that
+fails before its first checkpoint removes the directory it created.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,19 +56,6 @@ def default_run_dir(model: str, recipe: str) -> Path:
     return Path(RUNS_ROOT) / f"{stamp}-{model}-{recipe}"
 
 
-def _claim_run_dir(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CifarlabError(f"{out} already exists and is not empty; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
-    return out
-
-
 def environment() -> dict:
     import tensorflow as tf
 
@@ -87,21 +75,28 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
     """
     from cifarlab.data import load_dataset
+    from cifarlab.training import checkpoint, distribute
     from cifarlab.training import precision as prec
 
     cfg = config or TrainConfig(**kwargs)
     recipe, spec = resolve(cfg)
     model_name = spec.name
+    placement = distribute.setup(cfg.strategy, cfg.devices)  # first: it configures TensorFlow's devices
+    placement.check_batch(recipe.batch_size)
+    checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
                         limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
-    out = _claim_run_dir(Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name))
+    out = Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name)
+    resuming = checkpoint.claim(out, asdict(cfg), chief=placement.is_chief)
     try:
-        run = _train_in(out, cfg, recipe, spec, data, resolved_precision)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
+    except BaseException as e:
+        if placement.is_chief:
+            checkpoint.after_failure(out, created=not resuming)
+        distribute.raise_if_peer_lost(e, placement, out)
         raise
-    if cfg.report:
+    if cfg.report and placement.is_chief:
         _write_report(run, data, cfg.quiet)
     return run
 
@@ -121,15 +116,17 @@ def _write_report(run: Run, data, quiet: bool) -> None:
         print(f"report: {path}")
 
 
-def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -> Run:
-    import pandas as pd
+def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None) -> Run:
     import tensorflow as tf
 
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.models.io import save_model
+    from cifarlab.training import checkpoint, distribute
     from cifarlab.training import precision as prec
     from cifarlab.training.pipeline import batches
+    from cifarlab.training.signals import StopRequest
 
+    placement = placement or distribute.setup("auto")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -146,11 +143,15 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
         "command": sys.argv if Path(sys.argv[0]).name in ("cifarlab", "__main__.py") else None,
         "started": started.isoformat(timespec="seconds"),
         "environment": environment(),
+        "distribution": placement.describe(),
     }
-    write_json(out / "config.json", config)
+    if placement.is_chief:
+        write_json(out / "config.json", config)
 
-    model = spec.build(num_classes=data.num_classes)
-    model.compile(optimizer=_optimizer(recipe), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with placement.scope():
+        model = spec.build(num_classes=data.num_classes)
+        model.compile(optimizer=_optimizer(recipe), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    placement.prepare(model, data.x_train[:2], data.y_train[:2])
     callbacks = [_EpochTimer()]
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
@@ -158,23 +159,28 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=recipe.monitor, patience=recipe.early_stopping_patience,
             restore_best_weights=recipe.restore_best_weights))
-    verbose = 0 if cfg.quiet else (1 if sys.stdout.isatty() else 2)
+    verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
+    stop = StopRequest()
+    ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
+    callbacks.append(ckpt)  # last: it records what the other callbacks decided
     t0 = time.perf_counter()
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
-    hist = model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                     verbose=verbose, shuffle=False)  # train_batches shuffles itself
+    with stop:
+        model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
-    history = pd.DataFrame(hist.history)
-    history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    history["seconds"] = callbacks[0].seconds[: len(history)]
+    history = ckpt.history_frame()  # every epoch, including those before a resume
+    if not placement.is_chief:  # the chief evaluates and writes the run directory
+        return Run(out, model, history, {}, config)
+    model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
     t0 = time.perf_counter()
     probs = model.predict(data.x_test, batch_size=500, verbose=0)
     eval_seconds = time.perf_counter() - t0
     metrics = classification_metrics(data.y_test, probs, data.class_names)
     metrics.update(epochs=len(history), train_seconds=round(train_seconds, 2), eval_seconds=round(eval_seconds, 2),
-                   train_images_per_second=round(len(data.y_train) * len(history) / train_seconds, 1),
+                   train_images_per_second=round(len(data.y_train) * ckpt.epochs_run_here / train_seconds, 1),
                    val_accuracy=float(history["val_accuracy"].iloc[-1]), val_loss=float(history["val_loss"].iloc[-1]))
 
     save_model(model, out / "model.keras", {
@@ -190,6 +196,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
     config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    checkpoint.finish(out)
     return Run(out, model, history, metrics, config)
 
 
