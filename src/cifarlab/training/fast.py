@@ -315,3 +315,64 @@ def model_flops(model: keras.Model) -> int:
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * math.prod(layer.kernel.shape)
     return int(flops)
+
+
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
+    """Train by the fast loop and write the rest of the run directory (called by ``training.train``).
+
+    ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
+    saved model's own predictions (what ``cifarlab evaluate`` reproduces), and
+    ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
+    (``recipe.tta``), the figure the fast recipe is judged by.
+    """
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from cifarlab.evaluation.metrics import classification_metrics
+    from cifarlab.fileio import write_json, write_text
+    from cifarlab.models.io import save_model
+    from cifarlab.training.train import Run, write_run_plots
+
+    model = spec.build(num_classes=data.num_classes)
+    trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed)
+
+    def report(row):
+        if not cfg.quiet:
+            val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+            print(f"epoch {row['epoch']}/{recipe.epochs}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
+                  f"{val} ({row['seconds']:.1f} s)", flush=True)
+
+    result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report)
+    history = pd.DataFrame(result.history)
+    t0 = time.perf_counter()
+    probs = trainer.predict(data.x_test)
+    eval_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tta_probs = trainer.predict_tta(data.x_test)
+    tta_seconds = time.perf_counter() - t0
+    metrics = classification_metrics(data.y_test, probs, data.class_names)
+    tta = classification_metrics(data.y_test, tta_probs, data.class_names)
+    metrics.update(
+        accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
+                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
+        tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
+        epochs=len(history), train_seconds=round(result.train_seconds, 2), eval_seconds=round(eval_seconds, 2),
+        tta_eval_seconds=round(tta_seconds, 2),
+        train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
+        precision=precision)
+    if "val_accuracy" in history:
+        metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
+                       val_loss=float(history["val_loss"].iloc[-1]))
+
+    save_model(model, out / "model.keras", {
+        "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
+        "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",
+        "test_accuracy": metrics["test_accuracy"], "tta_test_accuracy": metrics["tta_test_accuracy"],
+    })
+    write_text(out / "history.csv", history.to_csv(index=False))
+    write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
+    config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(out / "config.json", config)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    return Run(out, model, history, metrics, config)

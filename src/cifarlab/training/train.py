@@ -39,7 +39,7 @@ class TrainConfig:
     """What a user asks of ``cifarlab train``; ``None`` means "the recipe's value"."""
 
     model: str | None = None  # None: the recipe's model
-    recipe: str = "seed"
+    recipe: str = "fast"
     data: str | None = None
     dataset: str = "cifar10"
     epochs: int | None = None
@@ -172,6 +172,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str) -
         "environment": environment(),
     }
     write_json(out / "config.json", config)
+    if recipe.trainer == "fast":  # the compiled custom loop of the fast/quick recipes
+        from cifarlab.training.fast import train_in
+
+        return train_in(out, cfg, recipe, spec, data, precision, config)
 
     model = spec.build(num_classes=data.num_classes)
     model.compile(optimizer=_optimizer(recipe), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
