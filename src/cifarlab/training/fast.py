@@ -233,12 +233,13 @@ class FastTrainer:
         return _softmax(z)
 
     def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
-            on_epoch: Callable[[dict], None] | None = None) -> FastResult:
+            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
         is measured and logged in ``result.evals`` with the training seconds so far;
-        the clock stops while evaluating.
+        the clock stops while evaluating. The in-epoch evaluations stop once the
+        accuracy reaches ``eval_every_until``.
         """
         r = self.recipe
         total = epochs * self.steps_per_epoch
@@ -265,7 +266,8 @@ class FastTrainer:
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 self._step(idx, ep, tf.constant(lr, tf.float32), wb)
                 step += 1
-                if eval_every and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
+                reached = res.evals and res.evals[-1].accuracy >= eval_every_until
+                if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
                     self.seen.numpy()  # wait for the step to finish before reading the clock
                     clock += time.perf_counter() - t0
                     log_eval(epoch + (s + 1) / self.steps_per_epoch)
