@@ -221,3 +221,11 @@ def test_quick_run_directory_records_precision_and_tta(tmp_path):
     probs = model.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert run.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_dirac_init_passes_input_channels_through():
+    from cifarlab.models.fast import build_quick
+
+    k = np.asarray(build_quick(dirac=True).get_layer("block2_conv1").kernel)  # (3, 3, 32, 64)
+    np.testing.assert_array_equal(k[1, 1, :, :32], np.eye(32))
+    assert not k[0, :, :, :32].any() and k[:, :, :, 32:].any()

@@ -40,12 +40,14 @@ def _init():
 
 def build(num_classes: int = 10, widths=(64, 256, 256), activation: str = "gelu",
           act_dtype: str | None = None, bn_momentum: float = 0.4, bn_epsilon: float = 1e-5,
-          name: str = "fast") -> keras.Model:
+          name: str = "fast", dirac: bool = False) -> keras.Model:
     """Input ``(batch, 32, 32, 3)`` float pixels 0-255 -> ``(batch, num_classes)`` float32 probabilities.
 
     ``act_dtype`` forces batch norm and the activation into that dtype (e.g.
     ``"float32"`` under a bfloat16 policy); ``None`` uses the global policy.
-    ``bn_momentum`` is Keras' (weight of the old running value).
+    ``bn_momentum`` is Keras' (weight of the old running value). ``dirac``: start
+    the first ``c_in`` filters of each 3x3 conv as identities (airbench does), so
+    the untrained net passes its input through.
     """
     x = inputs = keras.Input(shape=(32, 32, 3), name="pixels")
     # The first two layers stay float32: the whitening filters amplify small
@@ -70,7 +72,16 @@ def build(num_classes: int = 10, widths=(64, 256, 256), activation: str = "gelu"
     x = layers.Rescaling(LOGIT_SCALE, dtype="float32", name="logits")(x)
     # float32 softmax even under mixed precision: probabilities must sum to 1.
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if dirac:
+        for layer in model.layers:
+            if isinstance(layer, layers.Conv2D) and layer.kernel.shape[0] == 3:
+                k = np.array(layer.kernel)
+                c_in = k.shape[2]
+                k[:, :, :, :c_in] = 0
+                k[1, 1, np.arange(c_in), np.arange(c_in)] = 1
+                layer.kernel.assign(k)
+    return model
 
 
 def build_fast(num_classes: int = 10, **kw) -> keras.Model:
