@@ -179,7 +179,7 @@ def test_lambda_model_refused_by_safe_mode(tmp_path, capsys):
 
 def test_existing_run_dir_is_never_overwritten(seed_run, capsys, shared_archive):
     before = (seed_run.run_dir / "metrics.json").read_bytes()
-    rc = main(["train", "--data", str(shared_archive), "--limit", "100", "--epochs", "1",
+    rc = main(["train", "--recipe", "seed", "--data", str(shared_archive), "--limit", "100", "--epochs", "1",
                "--out", str(seed_run.run_dir), "--quiet"])
     assert rc == 2 and "holds a completed run" in capsys.readouterr().err
     assert (seed_run.run_dir / "metrics.json").read_bytes() == before
@@ -187,7 +187,7 @@ def test_existing_run_dir_is_never_overwritten(seed_run, capsys, shared_archive)
 
 def test_folder_dataset_trains(tmp_path):
     root = builders.image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=10, test_per_class=3)
-    p = cifarlab("train", "--data", root, "--epochs", 1, "--out", tmp_path / "run", "--quiet", "--no-report")
+    p = cifarlab("train", "--recipe", "seed", "--data", root, "--epochs", 1, "--out", tmp_path / "run", "--quiet", "--no-report")
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["class_names"] == ["a", "b", "c"] and m["num_images"] == 9
     assert "run directory" in p.stdout

@@ -28,7 +28,7 @@ def quiet_env() -> dict:
 
 def small(archive, out, epochs=3, every=5) -> list[str]:
     # 1,000 images: 900 to train on, 29 steps of 32 per epoch.
-    return ["--data", str(archive), "--limit", "1000", "--epochs", str(epochs), "--seed", "0",
+    return ["--recipe", "seed", "--data", str(archive), "--limit", "1000", "--epochs", str(epochs), "--seed", "0",
             "--out", str(out), "--checkpoint-every", str(every), "--quiet"]
 
 

@@ -54,7 +54,7 @@ def _decode(src: str) -> Image.Image:
 def baseline_run(shared_archive, tmp_path_factory):
     """A second tiny run, through the CLI: --no-report and --tensorboard on the way."""
     out = tmp_path_factory.mktemp("baseline") / "baseline"
-    rc = main(["train", "--data", str(shared_archive), "--limit", "600", "--epochs", "2", "--seed", "1",
+    rc = main(["train", "--recipe", "seed", "--data", str(shared_archive), "--limit", "600", "--epochs", "2", "--seed", "1",
                "--out", str(out), "--no-report", "--tensorboard", "--quiet"])
     assert rc == 0
     return out

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _data_args(p)
     p.add_argument("--model", choices=None, metavar="NAME", help=f"model ({', '.join(MODELS)}); default: the recipe's")
-    p.add_argument("--recipe", default="seed", metavar="NAME", help=f"recipe ({', '.join(RECIPES)}); default seed")
+    p.add_argument("--recipe", default="fast", metavar="NAME", help=f"recipe ({', '.join(RECIPES)}); default fast")
     p.add_argument("--epochs", type=int, metavar="N", help="override the recipe's number of epochs")
     p.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
     p.add_argument("--lr", type=float, metavar="RATE", help="override the recipe's learning rate")
@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
 
     base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
     given = {k: v for k, v in {
-        "model": args.model, "recipe": args.recipe if args.config is None or args.recipe != "seed" else None,
+        "model": args.model, "recipe": args.recipe if args.config is None or args.recipe != "fast" else None,
         "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "precision": args.precision, "seed": args.seed, "limit": args.limit, "out": args.out,
     }.items() if v is not None}

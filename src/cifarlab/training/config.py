@@ -15,7 +15,7 @@ class TrainConfig:
     """What a user asks of ``cifarlab train``; ``None`` means "the recipe's value"."""
 
     model: str | None = None  # None: the recipe's model
-    recipe: str = "seed"
+    recipe: str = "fast"
     data: str | None = None
     dataset: str = "cifar10"
     epochs: int | None = None

@@ -25,6 +25,23 @@ class Recipe:
     restore_best_weights: bool = False
     precision: str = "fp32"  # "auto" | "bf16" | "fp16" | "fp32"
     description: str = ""
+    # --- Fields below are used by the fast loop (trainer="fast", cifarlab.training.fast).
+    # Their defaults describe "none of it", so recipes that train with Keras' fit are unchanged.
+    trainer: str = "fit"  # "fit": Keras' model.fit | "fast": the compiled custom loop
+    momentum: float = 0.9  # SGD momentum (fast loop)
+    nesterov: bool = True
+    weight_decay: float = 0.0  # L2 on weights, added to the gradient (goes through the momentum)
+    bias_lr_scale: float = 1.0  # biases learn this much faster (and decay this much less)
+    label_smoothing: float = 0.0
+    warmup_fraction: float = 0.0  # share of steps for the linear warm-up of the learning rate
+    lr_start_factor: float = 1.0  # learning rate at step 0, as a fraction of learning_rate
+    lr_end_factor: float = 1.0  # learning rate at the last step, as a fraction of learning_rate
+    translate: int = 0  # random translation by up to this many pixels (reflect padding)
+    flip: str = "none"  # "none" | "random" | "alternating" (derandomised: flipped every other epoch)
+    tta: str = "none"  # test-time augmentation: "none" | "flip" | "flip_translate"
+    whiten_init_images: int = 0  # images used to set the whitening layer; 0: no whitening init
+    whiten_bias_epochs: int = 0  # epochs during which the whitening layer's bias trains
+    jit_compile: bool = False  # XLA-compile the training and evaluation steps
 
     def with_overrides(self, **overrides) -> "Recipe":
         """A copy with the given fields replaced; ``None`` values are ignored."""

@@ -1,0 +1,380 @@
+"""The fast training loop: one compiled step per batch, no host round trips.
+
+Used by recipes with ``trainer="fast"`` (``fast``, ``quick``). Where Keras'
+``fit`` spends time per step on callbacks, metric objects, data adapters and
+host syncs, this loop keeps everything on the device:
+
+- the training images stay in memory as one uint8 tensor; a step receives only
+  the int32 indices of its batch and gathers, flips and translates them inside
+  the compiled step (:mod:`cifarlab.training.augment`);
+- the update is hand-written Nesterov SGD (a few fused multiply-adds per
+  variable), with one learning rate for weights and a larger one for biases;
+- loss and accuracy are summed into variables and read once per epoch.
+
+The model is an ordinary Keras model ending in softmax; training uses the
+``logits`` layer before it (a view sharing the weights), so the loss is computed
+in float32 from logits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cifarlab.models.fast import init_whitening, logits_model
+from cifarlab.training import augment
+
+EVAL_BATCH = 1000
+
+
+def lr_factor(step: int, total: int, warmup: float, start: float, end: float) -> float:
+    """Triangular schedule: ``start`` -> 1 linearly over the first ``warmup`` of ``total`` steps, then -> ``end``."""
+    t = step / max(total, 1)
+    if warmup > 0 and t < warmup:
+        return start + (1 - start) * t / warmup
+    return 1 + (end - 1) * (t - warmup) / max(1 - warmup, 1e-9)
+
+
+@dataclass
+class EvalPoint:
+    """Accuracy measured during training; ``train_seconds`` excludes time spent evaluating."""
+
+    step: int
+    epoch: float
+    train_seconds: float
+    accuracy: float
+
+
+@dataclass
+class FastResult:
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    evals: list[EvalPoint] = field(default_factory=list)
+    train_seconds: float = 0.0
+    steps: int = 0
+    images: int = 0
+
+
+class FastTrainer:
+    """Train ``model`` (from :mod:`cifarlab.models.fast`) on uint8 images by ``recipe``.
+
+    ``x_train`` uint8 ``(N, 32, 32, 3)``, ``y_train`` int ``(N,)``. Call :meth:`fit`,
+    then :meth:`predict` / :meth:`predict_tta` for float32 probabilities.
+    """
+
+    def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
+                 forward: str = "ops"):
+        self.model = model
+        self.forward = forward
+        self.recipe = recipe
+        self.num_classes = int(model.output_shape[-1])
+        self.net = logits_model(model)
+        n = len(y_train)
+        self.batch_size = min(recipe.batch_size, n)
+        self.steps_per_epoch = n // self.batch_size
+        self.rng = np.random.default_rng(seed)
+        if recipe.whiten_init_images:
+            sample = self.rng.choice(n, min(n, recipe.whiten_init_images), replace=False)
+            init_whitening(model, x_train[np.sort(sample)])
+        self.x = tf.constant(x_train, dtype=tf.uint8)
+        self.y = tf.constant(y_train, dtype=tf.int32)
+        self.gen = tf.random.Generator.from_seed(seed)
+        self.flip_bits = tf.constant(self.rng.integers(0, 2, n).astype(bool))
+
+        # Parameter groups: the whitening kernel is fixed by its initialisation;
+        # biases (BN shifts, whitening bias) take a larger learning rate and a
+        # correspondingly smaller weight decay, as in airbench.
+        self.vars, self.lr_mult, self.wd, self.is_whiten_bias = [], [], [], []
+        for v in model.trainable_variables:
+            path = v.path
+            if path.startswith("whiten/") and path.endswith("kernel"):
+                continue
+            is_bias = len(v.shape) == 1
+            self.vars.append(v)
+            self.lr_mult.append(recipe.bias_lr_scale if is_bias else 1.0)
+            self.wd.append(recipe.weight_decay / (recipe.bias_lr_scale if is_bias else 1.0))
+            self.is_whiten_bias.append(path.startswith("whiten/"))
+        self.bn_momentum = {v.path: layer.momentum for layer in model.layers
+                            if isinstance(layer, keras.layers.BatchNormalization)
+                            for v in (layer.moving_mean, layer.moving_variance)}
+        self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
+        self.loss_sum = tf.Variable(0.0, trainable=False)
+        self.correct = tf.Variable(0.0, trainable=False)
+        self.seen = tf.Variable(0.0, trainable=False)
+        jit = bool(recipe.jit_compile)
+        self._step = tf.function(self._train_step, jit_compile=jit)
+        self._logits = tf.function(self._eval_logits, jit_compile=jit)
+
+    # -- the compiled parts -------------------------------------------------------------------
+
+    def _augment(self, xb, flips, epoch):
+        r = self.recipe
+        if r.flip == "alternating":
+            xb = augment.flip_where(xb, augment.alternating_flip(flips, epoch))
+        elif r.flip == "random":
+            xb = augment.flip_where(xb, self.gen.uniform([tf.shape(xb)[0]], 0, 2, dtype=tf.int32) == 1)
+        return augment.random_translate(xb, r.translate, self.gen)
+
+    def _loss(self, logits, yb):
+        eps = self.recipe.label_smoothing
+        logp = tf.nn.log_softmax(logits)
+        target = tf.one_hot(yb, self.num_classes) * (1 - eps) + eps / self.num_classes
+        return -tf.reduce_mean(tf.reduce_sum(target * logp, axis=1))
+
+    def _train_step(self, idx, epoch, lr, whiten_bias_on):
+        r = self.recipe
+        xb = self._augment(tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), epoch)
+        yb = tf.gather(self.y, idx)
+        with tf.GradientTape() as tape:
+            logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
+            loss = self._loss(logits, yb)
+        grads = tape.gradient(loss, self.vars)
+        mu = r.momentum
+        for v, g, buf, mult, wd, wb in zip(self.vars, grads, self.bufs, self.lr_mult, self.wd, self.is_whiten_bias):
+            step_lr = lr * mult * (whiten_bias_on if wb else 1.0)
+            g = tf.cast(g, tf.float32) + wd * v  # weight decay through the momentum, as airbench's SGD does
+            buf.assign(mu * buf + g)
+            v.assign_sub(step_lr * (g + mu * buf) if r.nesterov else step_lr * buf)
+        n = tf.cast(tf.shape(yb)[0], tf.float32)
+        self.loss_sum.assign_add(loss * n)
+        self.correct.assign_add(tf.reduce_sum(tf.cast(tf.argmax(logits, 1, output_type=tf.int32) == yb, tf.float32)))
+        self.seen.assign_add(n)
+        for var, value in updates:
+            var.assign(var * self.bn_momentum[var.path] + value * (1 - self.bn_momentum[var.path]))
+
+    def _eval_logits(self, xb):
+        return self._run(tf.cast(xb, tf.float32), training=False)[0]
+
+    def _run(self, x, training: bool):
+        """float32 logits of float32 pixels, and the batch-norm statistics to fold into the running ones.
+
+        ``forward="keras"`` calls the Keras layers. ``forward="ops"`` runs the same
+        layers' weights through plain TensorFlow ops instead: one fused batch-norm
+        op (oneDNN, bfloat16 in and out) where Keras' layer upcasts to float32 and
+        makes several passes over the tensor. Both follow each layer's dtype policy,
+        so the saved Keras model computes what was trained.
+        """
+        if self.forward == "keras":
+            return tf.cast(self.net(x, training=training), tf.float32), []
+        updates = []
+        for layer in self.net.layers:
+            cd = layer.compute_dtype
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            x = tf.cast(x, cd)
+            if isinstance(layer, keras.layers.Rescaling):
+                x = x * tf.cast(layer.scale, cd) + tf.cast(layer.offset, cd)
+            elif isinstance(layer, keras.layers.Conv2D):
+                x = tf.nn.conv2d(x, tf.cast(layer.kernel, cd), layer.strides, layer.padding.upper())
+                if layer.use_bias:
+                    x = tf.nn.bias_add(x, tf.cast(layer.bias, cd))
+            elif isinstance(layer, keras.layers.MaxPool2D):
+                x = tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                c = x.shape[-1]
+                gamma = layer.gamma if layer.scale else tf.ones([c], tf.float32)
+                beta = layer.beta if layer.center else tf.zeros([c], tf.float32)
+                if training:
+                    x, mean, var = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=layer.epsilon,
+                                                                    is_training=True)
+                    updates += [(layer.moving_mean, mean), (layer.moving_variance, var)]
+                else:
+                    x, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, layer.moving_mean,
+                                                               layer.moving_variance, epsilon=layer.epsilon,
+                                                               is_training=False)
+            elif isinstance(layer, keras.layers.Activation):
+                x = _ACTIVATIONS[layer.activation.__name__](x)
+            elif isinstance(layer, keras.layers.GlobalMaxPooling2D):
+                x = tf.reduce_max(x, axis=[1, 2])
+            elif isinstance(layer, keras.layers.Dense):
+                x = tf.matmul(x, tf.cast(layer.kernel, cd))
+                if layer.use_bias:
+                    x = tf.nn.bias_add(x, tf.cast(layer.bias, cd))
+            else:
+                raise TypeError(f"fast loop: no op translation for layer {layer.name} ({type(layer).__name__})")
+        return tf.cast(x, tf.float32), updates
+
+    # -- host side ----------------------------------------------------------------------------
+
+    def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
+        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored."""
+        out = []
+        for i in range(0, len(x), EVAL_BATCH):
+            xb = tf.constant(x[i: i + EVAL_BATCH])
+            if flip:
+                xb = tf.reverse(xb, axis=[2])
+            xb = augment.translate(xb, dy, dx)
+            out.append(self._logits(xb).numpy())
+        return np.concatenate(out)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """float32 probabilities ``(N, classes)``, no test-time augmentation."""
+        return _softmax(self.logits(x))
+
+    def predict_tta(self, x: np.ndarray) -> np.ndarray:
+        """float32 probabilities with test-time augmentation (``recipe.tta``).
+
+        ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``:
+        half that, plus half the mean over the image shifted one pixel up-left and
+        one pixel down-right, each also mirrored (6 passes).
+        """
+        mode = self.recipe.tta
+        if mode == "none":
+            return self.predict(x)
+        z = 0.5 * (self.logits(x) + self.logits(x, flip=True))
+        if mode == "flip_translate":
+            shifted = [self.logits(x, d, d, f) for d in (-1, 1) for f in (False, True)]
+            z = 0.5 * z + 0.5 * np.mean(shifted, axis=0)
+        return _softmax(z)
+
+    def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
+            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0) -> FastResult:
+        """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
+
+        ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
+        is measured and logged in ``result.evals`` with the training seconds so far;
+        the clock stops while evaluating. The in-epoch evaluations stop once the
+        accuracy reaches ``eval_every_until``.
+        """
+        r = self.recipe
+        total = epochs * self.steps_per_epoch
+        res = FastResult()
+        clock = 0.0
+        step = 0
+
+        def log_eval(epoch_float):
+            if eval_x is not None:
+                acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
+                res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
+
+        for epoch in range(epochs):
+            t_epoch = time.perf_counter()
+            epoch_clock = clock
+            for v in (self.loss_sum, self.correct, self.seen):
+                v.assign(0.0)
+            order = self.rng.permutation(len(self.flip_bits))
+            ep = tf.constant(epoch, tf.int32)
+            wb = tf.constant(1.0 if epoch < r.whiten_bias_epochs else 0.0, tf.float32)
+            t0 = time.perf_counter()
+            for s in range(self.steps_per_epoch):
+                lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
+                idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
+                self._step(idx, ep, tf.constant(lr, tf.float32), wb)
+                step += 1
+                reached = res.evals and res.evals[-1].accuracy >= eval_every_until
+                if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
+                    self.seen.numpy()  # wait for the step to finish before reading the clock
+                    clock += time.perf_counter() - t0
+                    log_eval(epoch + (s + 1) / self.steps_per_epoch)
+                    t0 = time.perf_counter()
+            seen = float(self.seen.numpy())  # the one host sync of the epoch
+            clock += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": float(self.loss_sum.numpy()) / seen,
+                   "accuracy": float(self.correct.numpy()) / seen}
+            if x_val is not None and len(x_val):
+                probs = self.predict(x_val)
+                p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
+                row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
+            log_eval(epoch + 1)
+            row["train_seconds"] = round(clock - epoch_clock, 3)
+            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
+            res.history.append(row)
+            if on_epoch:
+                on_epoch(row)
+        res.train_seconds = clock
+        res.steps = step
+        res.images = step * self.batch_size
+        return res
+
+
+_ACTIVATIONS = {
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),  # Keras' "gelu" is the exact (erf) form
+    "relu": tf.nn.relu,
+    "silu": tf.nn.silu,
+    "linear": tf.identity,
+}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def model_flops(model: keras.Model) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass of one 32x32 image through the convs and dense layers."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            flops += 2 * h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * math.prod(layer.kernel.shape)
+    return int(flops)
+
+
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
+    """Train by the fast loop and write the rest of the run directory (called by ``training.train``).
+
+    ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
+    saved model's own predictions (what ``cifarlab evaluate`` reproduces), and
+    ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
+    (``recipe.tta``), the figure the fast recipe is judged by.
+    """
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from cifarlab.evaluation.metrics import classification_metrics
+    from cifarlab.fileio import write_json, write_text
+    from cifarlab.models.io import save_model
+    from cifarlab.training.train import Run, write_run_plots
+
+    model = spec.build(num_classes=data.num_classes)
+    trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed)
+
+    def report(row):
+        if not cfg.quiet:
+            val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+            print(f"epoch {row['epoch']}/{recipe.epochs}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
+                  f"{val} ({row['seconds']:.1f} s)", flush=True)
+
+    result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report)
+    history = pd.DataFrame(result.history)
+    t0 = time.perf_counter()
+    probs = trainer.predict(data.x_test)
+    eval_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tta_probs = trainer.predict_tta(data.x_test)
+    tta_seconds = time.perf_counter() - t0
+    metrics = classification_metrics(data.y_test, probs, data.class_names)
+    tta = classification_metrics(data.y_test, tta_probs, data.class_names)
+    metrics.update(
+        accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
+                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
+        tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
+        epochs=len(history), train_seconds=round(result.train_seconds, 2), eval_seconds=round(eval_seconds, 2),
+        tta_eval_seconds=round(tta_seconds, 2),
+        train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
+        precision=precision)
+    if "val_accuracy" in history:
+        metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
+                       val_loss=float(history["val_loss"].iloc[-1]))
+
+    save_model(model, out / "model.keras", {
+        "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
+        "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",
+        "test_accuracy": metrics["test_accuracy"], "tta_test_accuracy": metrics["tta_test_accuracy"],
+    })
+    write_text(out / "history.csv", history.to_csv(index=False))
+    write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
+    config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(out / "config.json", config)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    return Run(out, model, history, metrics, config)

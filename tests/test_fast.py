@@ -1,0 +1,231 @@
+"""The fast and quick recipes: models, augmentation, the compiled loop, precision, run directories."""
+
+import json
+import zipfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from builders import cifar10_binary
+
+
+def _has_bf16_flags() -> bool:
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# --- augmentation ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+
+
+def test_flip_where_mirrors_only_the_masked_images(images):
+    import tensorflow as tf
+
+    from cifarlab.training.augment import flip_where
+
+    mask = np.array([True, False, True, False, False, True])
+    out = flip_where(tf.constant(images), tf.constant(mask)).numpy()
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(out[mask], images[mask][:, :, ::-1])
+    np.testing.assert_array_equal(out[~mask], images[~mask])
+
+
+def test_translate_shifts_content_with_reflected_border(images):
+    import tensorflow as tf
+
+    from cifarlab.training.augment import translate
+
+    out = translate(tf.constant(images), 1, 1).numpy()
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(out[:, 1:, 1:], images[:, :-1, :-1])  # moved down and right by one
+    np.testing.assert_array_equal(out[:, 0, 1:], images[:, 1, :-1])  # top row mirrored from row 1
+    up = translate(tf.constant(images), -2, 0).numpy()
+    np.testing.assert_array_equal(up[:, :-2], images[:, 2:])
+
+
+def test_random_translate_gives_shifted_crops_within_the_pad(images):
+    import tensorflow as tf
+
+    from cifarlab.training.augment import pad_reflect, random_translate
+
+    gen = tf.random.Generator.from_seed(1)
+    x = np.repeat(images[:1], 64, axis=0)
+    out = random_translate(tf.constant(x), 2, gen).numpy()
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    padded = pad_reflect(tf.constant(images[:1]), 2).numpy()[0]
+    seen = set()
+    for img in out:  # every output is one of the 25 crops of the padded image
+        match = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(img, padded[dy:dy + 32, dx:dx + 32])]
+        assert match
+        seen.add(match[0])
+    assert len(seen) > 5  # and they vary
+
+
+def test_alternating_flip_inverts_every_other_epoch():
+    import tensorflow as tf
+
+    from cifarlab.training.augment import alternating_flip
+
+    bits = tf.constant([True, False, True])
+    np.testing.assert_array_equal(alternating_flip(bits, 0).numpy(), [True, False, True])
+    np.testing.assert_array_equal(alternating_flip(bits, 1).numpy(), [False, True, False])
+    np.testing.assert_array_equal(alternating_flip(bits, 4).numpy(), [True, False, True])
+
+
+# --- precision ------------------------------------------------------------------------------
+
+
+def test_auto_precision_resolves_by_cpu_flags(monkeypatch):
+    import tensorflow as tf
+
+    from cifarlab.training import precision
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU decides auto precision here")
+    assert precision.resolve("auto") == ("bf16" if _has_bf16_flags() else "fp32")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.resolve("auto") == "fp32"
+
+
+def test_auto_is_bf16_on_this_cpu():
+    from cifarlab.training import precision
+
+    if not _has_bf16_flags():
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16")
+    assert precision.resolve("auto") == "bf16"
+
+
+# --- recipes and models ---------------------------------------------------------------------
+
+
+def test_fast_is_the_default_recipe_and_seed_is_unchanged():
+    from cifarlab.cli import build_parser
+    from cifarlab.registry import get_recipe
+    from cifarlab.training.recipes import Recipe
+    from cifarlab.training.train import TrainConfig
+
+    assert TrainConfig().recipe == "fast"
+    assert build_parser().parse_args(["train"]).recipe == "fast"
+    seed = get_recipe("seed")
+    assert seed.trainer == "fit" and seed.optimizer == "adam" and seed.batch_size == 32
+    assert seed == Recipe(**{**Recipe("x", "y").to_dict(), **{k: v for k, v in seed.to_dict().items()
+                                                              if k in ("name", "model", "description", "optimizer",
+                                                                       "learning_rate", "batch_size", "epochs",
+                                                                       "early_stopping_patience", "monitor",
+                                                                       "restore_best_weights", "precision")}})
+    for name in ("fast", "quick"):
+        r = get_recipe(name)
+        assert r.trainer == "fast" and r.precision == "auto" and r.flip == "alternating" and r.tta != "none"
+
+
+@pytest.mark.parametrize("name", ["fast", "quick"])
+def test_models_build_without_lambda_and_output_probabilities(name):
+    import keras
+
+    from cifarlab.registry import get_model
+
+    model = get_model(name).build(num_classes=10)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    probs = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_whitening_init_decorrelates_patches(shared_archive):
+    from cifarlab.data import load_dataset
+    from cifarlab.models.fast import build_quick, init_whitening, patches
+
+    x = load_dataset(str(shared_archive), validate_on="test", limit=1000, quiet=True).x_train
+    model = build_quick()
+    init_whitening(model, x)
+    layer = model.get_layer("whiten")
+    w = np.asarray(layer.kernel).reshape(12, 24)
+    out = patches(x) @ w + np.asarray(layer.bias)
+    cov = np.cov(out[:, :12], rowvar=False)
+    var = np.diag(cov)  # eigenvalue / (eigenvalue + eps): 1 for strong components, less for the faintest
+    assert var.max() <= 1.0 + 1e-6 and np.sort(var)[6:].min() > 0.95
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.02  # and decorrelated
+
+
+@pytest.fixture(scope="module")
+def slice_data(shared_archive):
+    from cifarlab.data import load_dataset
+
+    return load_dataset(str(shared_archive), validate_on="test", limit=512, quiet=True)
+
+
+@pytest.mark.parametrize("name", ["fast", "quick"])
+def test_a_few_steps_lower_the_loss(name, slice_data):
+    import keras
+
+    from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training import precision
+    from cifarlab.training.fast import FastTrainer
+
+    precision.apply(precision.resolve("auto"))
+    try:
+        keras.utils.set_random_seed(0)
+        recipe = replace(get_recipe(name), batch_size=128, learning_rate=0.2, whiten_init_images=512)
+        model = get_model(recipe.model).build(num_classes=10)
+        trainer = FastTrainer(model, recipe, slice_data.x_train, slice_data.y_train)
+        res = trainer.fit(4)
+        losses = [row["loss"] for row in res.history]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+        assert res.steps == 4 * 4 and res.images == 16 * 128
+        # The loop's own forward pass and the Keras model agree on the trained weights.
+        x = slice_data.x_test[:64]
+        ours, keras_probs = trainer.predict(x), model.predict(x.astype(np.float32), verbose=0)
+        assert (ours.argmax(1) == keras_probs.argmax(1)).mean() >= 0.95
+        np.testing.assert_allclose(ours, keras_probs, atol=0.05)
+        tta = trainer.predict_tta(x)
+        assert tta.shape == (64, 10)
+        np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+    finally:
+        precision.apply("fp32")
+
+
+def test_quick_run_directory_records_precision_and_tta(tmp_path):
+    from cifarlab.models.io import load_model
+    from cifarlab.training.train import train
+
+    archive, _ = cifar10_binary(tmp_path / "tiny.tar.gz", n_per_batch=40, n_test=30)
+    out = tmp_path / "run"
+    run = train(recipe="quick", data=str(archive), epochs=2, batch_size=50, validate_on="test", out=str(out),
+                quiet=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == ("bf16" if _has_bf16_flags() else config["precision"])
+    assert config["recipe"]["name"] == "quick" and config["recipe"]["trainer"] == "fast"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "tta_test_accuracy", "tta_test_loss", "accuracy_note",
+                "per_class", "confusion_matrix", "precision"):
+        assert key in metrics
+    assert len(metrics["confusion_matrix"]) == 10
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(history) == 3
+    for png in ("accuracy.png", "loss.png", "confusion.png", "predictions.png"):
+        assert (out / png).stat().st_size > 0
+    with zipfile.ZipFile(out / "model.keras") as z:
+        assert "cifarlab.json" in z.namelist()
+    model, meta = load_model(out)  # safe mode: no Lambda layers inside
+    assert meta["recipe"] == "quick" and len(meta["class_names"]) == 10
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    probs = model.predict(x, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert run.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_dirac_init_passes_input_channels_through():
+    from cifarlab.models.fast import build_quick
+
+    k = np.asarray(build_quick(dirac=True).get_layer("block2_conv1").kernel)  # (3, 3, 32, 64)
+    np.testing.assert_array_equal(k[1, 1, :, :32], np.eye(32))
+    assert not k[0, :, :, :32].any() and k[:, :, :, 32:].any()
