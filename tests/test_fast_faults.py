@@ -74,21 +74,30 @@ class StopAfter:
         return self.n < 0
 
 
-def test_a_signal_mid_epoch_resumes_at_the_very_next_step(shared_archive, tmp_path):
-    """Interrupted after step 2 of epoch 2 and resumed in a fresh trainer: the same weights as one straight run."""
+@pytest.fixture(scope="module")
+def data(shared_archive):
+    from cifarlab.data import load_dataset
+
+    return load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
+
+
+def make_trainer(data):
     import keras
 
-    from cifarlab.data import load_dataset
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.fast import FastTrainer
+
+    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    keras.utils.set_random_seed(0)
+    return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
+
+
+def test_a_signal_mid_epoch_resumes_at_the_very_next_step(data, tmp_path):
+    """Interrupted after step 2 of epoch 2 and resumed in a fresh trainer: the same weights as one straight run."""
     from cifarlab.training.signals import Interrupted
 
-    data = load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
-
     def trainer():
-        keras.utils.set_random_seed(0)
-        return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
+        return make_trainer(data)
 
     straight = trainer()
     expected = straight.fit(3, data.x_val, data.y_val)
@@ -105,3 +114,21 @@ def test_a_signal_mid_epoch_resumes_at_the_very_next_step(shared_archive, tmp_pa
     for a, b in zip(straight.model.weights, resumed.model.weights):  # batch-norm statistics included
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path)
     np.testing.assert_allclose([r["loss"] for r in got.history], [r["loss"] for r in expected.history], rtol=1e-5)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from cifarlab.training.checkpoint import NonFiniteLoss
+
+    trainer = make_trainer(data)
+    kernel = trainer.vars[0]
+
+    def break_the_weights(row):  # after epoch 1 and its checkpoint: epoch 2 trains on NaN weights
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with pytest.raises(NonFiniteLoss, match=r"the loss became nan at epoch 2.*last good checkpoint \(after epoch 1\)"):
+        trainer.fit(3, data.x_val, data.y_val, run_dir=tmp_path, on_epoch=break_the_weights)
+    saved = state(tmp_path)
+    assert saved["epoch"] == 1 and saved["step"] == 0 and len(saved["history"]) == 1
+    resumed = make_trainer(data)
+    checkpoint.load_weights(tmp_path, resumed.model)
+    assert all(np.isfinite(np.asarray(w)).all() for w in resumed.model.weights)

@@ -23,6 +23,13 @@ epoch. After a mid-epoch checkpoint (every N steps, or on a signal) it keeps the
 and optimizer state reached mid-epoch and runs that epoch again from its first batch:
 Keras' ``fit`` cannot start an epoch part-way, so those batches are seen once more.
 Either way the run ends after the requested number of epochs with one history row each.
+
+The fast loop (``training.fast``, recipes ``fast`` and ``quick``) writes the same file through
+:func:`write`: the model's weights (batch-norm statistics included), its hand-written optimizer's
+momentum buffers as extra arrays, and a state with the epoch and step (the step counter drives
+the learning-rate schedule), the history, and its shuffle and augmentation generators. It
+checkpoints at every epoch end and on a signal (not every N steps), and since it owns its loop
+a signal's checkpoint resumes at the very next step, with the same batches as an unbroken run.
 """
 
 from __future__ import annotations
