@@ -104,13 +104,15 @@ def test_a_signal_mid_epoch_resumes_at_the_very_next_step(data, tmp_path):
 
     first = trainer()
     with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 2, step 2") as stopped:
-        first.fit(3, data.x_val, data.y_val, run_dir=tmp_path, stop=StopAfter(5 + 1))  # epoch 1: 4 steps + its end; then step 1
+        # Checked after each of epoch 1's 4 steps and at its end, then after epoch 2's step 1: stop after step 2.
+        first.fit(3, data.x_val, data.y_val, run_dir=tmp_path, stop=StopAfter(5 + 1))
     assert stopped.value.exit_code == 143
     assert state(tmp_path)["epoch"] == 1 and state(tmp_path)["step"] == 2
 
     resumed = trainer()
     got = resumed.fit(3, data.x_val, data.y_val, run_dir=tmp_path)
-    assert [r["epoch"] for r in got.history] == [1, 2, 3] and got.steps == 12 and got.images == 6 * 128  # epoch 2 from step 3, epoch 3
+    assert [r["epoch"] for r in got.history] == [1, 2, 3] and got.steps == 12
+    assert got.images == 6 * 128  # trained here: epoch 2 from its step 3, and epoch 3
     for a, b in zip(straight.model.weights, resumed.model.weights):  # batch-norm statistics included
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path)
     np.testing.assert_allclose([r["loss"] for r in got.history], [r["loss"] for r in expected.history], rtol=1e-5)
