@@ -23,6 +23,13 @@ epoch. After a mid-epoch checkpoint (every N steps, or on a signal) it keeps the
 and optimizer state reached mid-epoch and runs that epoch again from its first batch:
 Keras' ``fit`` cannot start an epoch part-way, so those batches are seen once more.
 Either way the run ends after the requested number of epochs with one history row each.
+
+The fast loop (``training.fast``, recipes ``fast`` and ``quick``) writes the same file through
+:func:`write`: the model's weights (batch-norm statistics included), its hand-written optimizer's
+momentum buffers as extra arrays, and a state with the epoch and step (the step counter drives
+the learning-rate schedule), the history, and its shuffle and augmentation generators. It
+checkpoints at every epoch end and on a signal (not every N steps), and since it owns its loop
+a signal's checkpoint resumes at the very next step, with the same batches as an unbroken run.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from cifarlab.training.signals import Interrupted, StopRequest
 FOLDER = "checkpoint"
 FILE = "latest.weights.h5"
 STATE_ATTR = "cifarlab_state"
+ARRAYS_GROUP = "cifarlab_arrays"  # extra state arrays (the fast loop's momentum buffers)
 # Default for `--checkpoint-every`: on the full CIFAR-10 training set with batch 32 an epoch
 # is 1,407 steps, so a crash loses at most about a third of an epoch. A checkpoint of the
 # seed model with Adam state is 2.7 MB and takes milliseconds.
@@ -131,6 +139,85 @@ def finish(out: Path) -> None:
     shutil.rmtree(out / FOLDER, ignore_errors=True)
 
 
+def where(state: dict | None) -> str:
+    """Where a saved state stands, in words: "after epoch 2", "epoch 3, step 40" or "none yet"."""
+    if not state:
+        return "none yet"
+    return (f"after epoch {state['epoch']}" if not state["step"]
+            else f"epoch {state['epoch'] + 1}, step {state['step']}")
+
+
+def write(run_dir: str | Path, model, state: dict, arrays: dict[str, np.ndarray] | None = None,
+          previous: dict | None = None) -> None:
+    """Atomically replace the checkpoint of ``run_dir``: ``model``'s weights, ``state`` (JSON) and
+    ``arrays`` (extra named float arrays, e.g. a hand-written optimizer's buffers, see :func:`read_arrays`).
+
+    ``previous`` is the state of the checkpoint on disk, named in the error should the write fail.
+    """
+    import h5py
+
+    target = path(run_dir)
+    try:
+        with atomic_path(target, suffix=".weights.h5") as tmp:
+            try:
+                _save_weights(model, tmp)
+                with h5py.File(tmp, "a") as f:
+                    f.attrs[STATE_ATTR] = json.dumps(state)
+                    for name, value in (arrays or {}).items():
+                        f.create_dataset(f"{ARRAYS_GROUP}/{name}", data=value)
+            except (RuntimeError, ValueError) as e:  # h5py reports some I/O failures this way
+                raise OSError(str(e)) from None
+    except (CifarlabError, OSError) as e:
+        detail = str(e).removeprefix(f"cannot write {target}: ")
+        kept = (f"the previous checkpoint ({where(previous)}) is intact"
+                if previous else "no earlier checkpoint exists")
+        raise CifarlabError(f"cannot write checkpoint {target}: {detail}; {kept}. Free space or fix the "
+                            f"folder, then run the same command with --out {run_dir} to resume") from None
+
+
+def read_arrays(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The extra arrays :func:`write` stored in the checkpoint of ``run_dir``, by name."""
+    import h5py
+
+    with h5py.File(path(run_dir), "r") as f:
+        group = f.get(ARRAYS_GROUP)
+        return {} if group is None else {name: np.asarray(group[name]) for name in group}
+
+
+def load_weights(run_dir: str | Path, model) -> None:
+    """Load the checkpoint's weights into ``model``; a clear error when they do not fit it."""
+    try:
+        model.load_weights(path(run_dir))
+    except (OSError, ValueError) as e:
+        raise CifarlabError(f"{path(run_dir)} does not fit this model ({str(e).splitlines()[0]}); "
+                            "move it away to start afresh") from None
+
+
+def resuming_notice(state: dict) -> None:
+    # Printed even with --quiet: a user must know this run did not start afresh.
+    again = (" (that epoch starts over with the weights it had reached)"
+             if state["step"] and not state.get("exact_step") else "")
+    print(f"resuming from the checkpoint {where(state)}{again}", file=sys.stderr, flush=True)
+
+
+def non_finite(loss: float, at: str, last_saved: dict | None, run_dir: str | Path) -> NonFiniteLoss:
+    """The error for a NaN/inf loss at ``at`` (words), naming the last good checkpoint (kept as it is)."""
+    if last_saved:
+        kept = f"the last good checkpoint ({where(last_saved)}) is kept in {path(run_dir).parent}"
+    else:
+        kept = "no checkpoint had been written yet"
+    return NonFiniteLoss(f"the loss became {loss} at {at}; training stopped ({kept}). "
+                         "The learning rate is probably too high: try a lower --lr")
+
+
+def interrupted(stop: StopRequest, last_saved: dict | None, run_dir: str | Path) -> Interrupted:
+    """The exception for a stop on a signal, once the checkpoint ``last_saved`` is on disk."""
+    name = stop.name or "a signal on another worker"
+    return Interrupted(f"stopped by {name} at {where(last_saved)}; checkpoint saved in "
+                       f"{path(run_dir).parent}. To resume, run the same command with --out {run_dir}",
+                       stop.signum or 15)
+
+
 def _save_weights(model, target: Path) -> None:
     # Separate function so tests can inject a write failure (a full disk) here.
     model.save_weights(target, overwrite=True)
@@ -198,10 +285,7 @@ class Checkpointer(keras.callbacks.Callback):
         return next((c for c in self.siblings if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
     def _where(self, state: dict | None) -> str:
-        if not state:
-            return "none yet"
-        return (f"after epoch {state['epoch']}" if not state["step"]
-                else f"epoch {state['epoch'] + 1}, step {state['step']}")
+        return where(state)
 
     def _state(self) -> dict:
         es = self._early_stopping()
@@ -215,27 +299,9 @@ class Checkpointer(keras.callbacks.Callback):
         }
 
     def save(self) -> None:
-        import h5py
-
         state = self._state()
-        if not self.writes:  # the chief writes this same state; the other workers only keep track
-            self.last_saved = state
-            return
-        target = path(self.run_dir)
-        try:
-            with atomic_path(target, suffix=".weights.h5") as tmp:
-                try:
-                    _save_weights(self.model, tmp)
-                    with h5py.File(tmp, "a") as f:
-                        f.attrs[STATE_ATTR] = json.dumps(state)
-                except (RuntimeError, ValueError) as e:  # h5py reports some I/O failures this way
-                    raise OSError(str(e)) from None
-        except (CifarlabError, OSError) as e:
-            detail = str(e).removeprefix(f"cannot write {target}: ")
-            kept = (f"the previous checkpoint ({self._where(self.last_saved)}) is intact"
-                    if self.last_saved else "no earlier checkpoint exists")
-            raise CifarlabError(f"cannot write checkpoint {target}: {detail}; {kept}. Free space or fix the "
-                                f"folder, then run the same command with --out {self.run_dir} to resume") from None
+        if self.writes:  # the chief writes this same state; the other workers only keep track
+            write(self.run_dir, self.model, state, previous=self.last_saved)
         self.last_saved = state
 
     # -- Keras hooks -------------------------------------------------------------------------
@@ -244,15 +310,11 @@ class Checkpointer(keras.callbacks.Callback):
         if state is None:
             return
         model = self.model
-        try:
-            scope = self.placement.scope() if self.placement else contextlib.nullcontext()
-            with scope:
-                if model.optimizer is not None and not model.optimizer.built:
-                    model.optimizer.build(model.trainable_variables)
-                model.load_weights(path(self.run_dir))
-        except (OSError, ValueError) as e:
-            raise CifarlabError(f"{path(self.run_dir)} does not fit this model ({str(e).splitlines()[0]}); "
-                                "move it away to start afresh") from None
+        scope = self.placement.scope() if self.placement else contextlib.nullcontext()
+        with scope:
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            load_weights(self.run_dir, model)
         _set_rng_state(state["rng"])
         self.rows = list(state["history"])
         self.epochs_done = state["epoch"]
@@ -265,9 +327,8 @@ class Checkpointer(keras.callbacks.Callback):
         epochs = self.params.get("epochs", 0)
         model._initial_epoch = epochs if self._stopped_early else self.epochs_done
         self.resumed_from = self.last_saved = state
-        if self.writes:  # even with --quiet: a user must know this run did not start afresh
-            again = " (that epoch starts over with the weights it had reached)" if state["step"] else ""
-            print(f"resuming from the checkpoint {self._where(state)}{again}", file=sys.stderr, flush=True)
+        if self.writes:
+            resuming_notice(state)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.step = 0
@@ -305,19 +366,11 @@ class Checkpointer(keras.callbacks.Callback):
             return bad, stop
         return self.placement.agree(bad, stop)
 
-    def _non_finite(self, loss: float, where: str):
-        if self.last_saved:
-            kept = f"the last good checkpoint ({self._where(self.last_saved)}) is kept in {path(self.run_dir).parent}"
-        else:
-            kept = "no checkpoint had been written yet"
-        raise NonFiniteLoss(f"the loss became {loss} at {where}; training stopped ({kept}). "
-                            "The learning rate is probably too high: try a lower --lr")
+    def _non_finite(self, loss: float, at: str):
+        raise non_finite(loss, at, self.last_saved, self.run_dir)
 
     def _interrupted(self):
-        name = self.stop.name or "a signal on another worker"
-        raise Interrupted(f"stopped by {name} at {self._where(self.last_saved)}; checkpoint saved in "
-                          f"{path(self.run_dir).parent}. To resume, run the same command with --out {self.run_dir}",
-                          self.stop.signum or 15)
+        raise interrupted(self.stop, self.last_saved, self.run_dir)
 
     def history_frame(self):
         """Every completed epoch, resumed ones included: epoch, loss, accuracy, val_loss, val_accuracy, seconds."""

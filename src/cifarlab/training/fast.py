@@ -233,39 +233,69 @@ class FastTrainer:
         return _softmax(z)
 
     def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
-            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0) -> FastResult:
+            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
+            run_dir=None, stop=None) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
         is measured and logged in ``result.evals`` with the training seconds so far;
         the clock stops while evaluating. The in-epoch evaluations stop once the
         accuracy reaches ``eval_every_until``.
+
+        With ``run_dir``, the whole training state is checkpointed there at every epoch end
+        (:mod:`cifarlab.training.checkpoint`) and a checkpoint found there is resumed. With
+        ``stop`` (an active ``StopRequest``) a signal ends training after the step in progress
+        with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
+        A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
         """
+        from cifarlab.training import checkpoint
+
         r = self.recipe
         total = epochs * self.steps_per_epoch
         res = FastResult()
         clock = 0.0
-        step = 0
+        start_epoch, start_step = 0, 0
+        last_saved = checkpoint.read_state(run_dir) if run_dir is not None else None
+        if last_saved is not None:
+            start_epoch, start_step = self._restore(run_dir, last_saved)
+            res.history = list(last_saved["history"])
+            checkpoint.resuming_notice(last_saved)
+        step = start_epoch * self.steps_per_epoch + start_step  # drives the lr schedule
+        steps_here = 0
+
+        def save(epochs_done, step_in_epoch, epoch_rng):
+            nonlocal last_saved
+            state = self._state(epochs_done, step_in_epoch, epoch_rng, res.history)
+            checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
+            last_saved = state
 
         def log_eval(epoch_float):
             if eval_x is not None:
                 acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
                 res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
 
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
             epoch_clock = clock
-            for v in (self.loss_sum, self.correct, self.seen):
-                v.assign(0.0)
+            first = start_step if epoch == start_epoch else 0
+            if not first:  # a mid-epoch resume restored the sums of the steps before it
+                for v in (self.loss_sum, self.correct, self.seen):
+                    v.assign(0.0)
+            epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
             order = self.rng.permutation(len(self.flip_bits))
             ep = tf.constant(epoch, tf.int32)
             wb = tf.constant(1.0 if epoch < r.whiten_bias_epochs else 0.0, tf.float32)
             t0 = time.perf_counter()
-            for s in range(self.steps_per_epoch):
+            for s in range(first, self.steps_per_epoch):
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 self._step(idx, ep, tf.constant(lr, tf.float32), wb)
                 step += 1
+                steps_here += 1
+                if stop is not None and stop.requested and s + 1 < self.steps_per_epoch:
+                    if run_dir is not None:
+                        save(epoch, s + 1, epoch_rng)
+                    raise checkpoint.interrupted(stop, last_saved, run_dir)
                 reached = res.evals and res.evals[-1].accuracy >= eval_every_until
                 if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
                     self.seen.numpy()  # wait for the step to finish before reading the clock
@@ -280,16 +310,60 @@ class FastTrainer:
                 probs = self.predict(x_val)
                 p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
                 row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
+            bad = [k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])]
+            if bad:  # before any checkpoint of these weights: the last good one stays on disk
+                raise checkpoint.non_finite(row[bad[0]], f"epoch {epoch + 1}", last_saved, run_dir)
             log_eval(epoch + 1)
             row["train_seconds"] = round(clock - epoch_clock, 3)
             row["seconds"] = round(time.perf_counter() - t_epoch, 3)
             res.history.append(row)
+            if run_dir is not None:
+                save(epoch + 1, 0, self.rng.bit_generator.state)
             if on_epoch:
                 on_epoch(row)
+            if stop is not None and stop.requested:
+                raise checkpoint.interrupted(stop, last_saved, run_dir)
         res.train_seconds = clock
         res.steps = step
-        res.images = step * self.batch_size
+        res.images = steps_here * self.batch_size  # trained in this call: a resume starts part-way
         return res
+
+    # -- checkpoint state ---------------------------------------------------------------------
+
+    def _state(self, epochs_done: int, step: int, epoch_rng: dict, history: list[dict]) -> dict:
+        """JSON state beside the weights: position, history, and the random generators.
+
+        ``shuffle_rng`` is the numpy generator's state before it drew the order of the
+        epoch in progress (or the next one), so a resume draws the same order; ``augment_rng``
+        is the TensorFlow generator (random translations and flips) as the last step left it.
+        """
+        return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
+                "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
+                "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
+                "sums": [float(v.numpy()) for v in (self.loss_sum, self.correct, self.seen)],
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        # The hand-written optimizer's momentum buffers; the model file holds the rest.
+        return {f"momentum_{i:03d}": b.numpy() for i, b in enumerate(self.bufs)}
+
+    def _restore(self, run_dir, state: dict) -> tuple[int, int]:
+        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer."""
+        from cifarlab.errors import CifarlabError
+        from cifarlab.training import checkpoint
+
+        if state.get("trainer") != "fast" or state.get("steps_per_epoch") != self.steps_per_epoch:
+            raise CifarlabError(f"{checkpoint.path(run_dir)} was not written by this training; "
+                                "move it away to start afresh")
+        checkpoint.load_weights(run_dir, self.model)
+        arrays = checkpoint.read_arrays(run_dir)
+        for i, b in enumerate(self.bufs):
+            b.assign(arrays[f"momentum_{i:03d}"])
+        self.rng.bit_generator.state = state["shuffle_rng"]
+        self.gen.state.assign(np.asarray(state["augment_rng"], dtype=self.gen.state.dtype.as_numpy_dtype))
+        for v, value in zip((self.loss_sum, self.correct, self.seen), state["sums"]):
+            v.assign(value)
+        return state["epoch"], state["step"]
 
 
 _ACTIVATIONS = {
@@ -334,6 +408,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.fileio import write_json, write_text
     from cifarlab.models.io import save_model
+    from cifarlab.training import checkpoint
+    from cifarlab.training.signals import StopRequest
     from cifarlab.training.train import Run, write_run_plots
 
     model = spec.build(num_classes=data.num_classes)
@@ -345,7 +421,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
             print(f"epoch {row['epoch']}/{recipe.epochs}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
                   f"{val} ({row['seconds']:.1f} s)", flush=True)
 
-    result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report)
+    with StopRequest() as stop:
+        result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop)
     history = pd.DataFrame(result.history)
     t0 = time.perf_counter()
     probs = trainer.predict(data.x_test)
@@ -377,4 +454,5 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
     config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    checkpoint.finish(out)
     return Run(out, model, history, metrics, config)

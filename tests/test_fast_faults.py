@@ -1,0 +1,136 @@
+"""Faults in the fast loop (fast/quick recipes): kill -9, SIGTERM, an exact mid-epoch resume. Real training."""
+
+import json
+import signal
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cifarlab.training import checkpoint
+from test_faults import cli, quiet_env, state, wait_for
+
+
+def quick(archive, out, epochs=3) -> list[str]:
+    # 2,000 images: 1,800 to train on, 3 steps of 512 per epoch.
+    return ["--recipe", "quick", "--data", str(archive), "--limit", "2000", "--epochs", str(epochs), "--seed", "0",
+            "--out", str(out), "--no-report", "--quiet"]
+
+
+def test_kill_9_after_an_epoch_then_the_same_command_resumes_at_the_next(shared_archive, tmp_path):
+    out = tmp_path / "run"
+    cmd = cli("train", *quick(shared_archive, out))
+    proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    saved = wait_for(proc, out, lambda s: s["epoch"] >= 1, "the first epoch's checkpoint")
+    proc.kill()  # SIGKILL: no handler, no clean-up
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    saved = state(out)  # the checkpoint on disk now: it may have moved on before the kill landed
+    assert saved["trainer"] == "fast" and saved["epoch"] >= 1 and not (out / "metrics.json").exists()
+    assert len(saved["history"]) == saved["epoch"]
+
+    again = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from the checkpoint {checkpoint.where(saved)}" in again.stderr
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history[["loss", "accuracy", "val_loss", "val_accuracy"]].notna().all().all()
+    # The epochs done before the kill were not trained again: their rows are the checkpoint's.
+    done = saved["epoch"]
+    np.testing.assert_allclose(history["loss"][:done], [r["loss"] for r in saved["history"]])
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+    assert not (out / "checkpoint").exists()
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_143(shared_archive, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli("train", *quick(shared_archive, out)), env=quiet_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(proc, out, lambda s: s["epoch"] >= 1, "the first epoch's checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cifarlab: stopped by SIGTERM") and f"run the same command with --out {out}" in last
+    saved = state(out)
+    assert saved["trainer"] == "fast" and saved["epoch"] >= 1 and not (out / "metrics.json").exists()
+    assert len(checkpoint.read_arrays(out)) > 0  # the momentum buffers travel with the weights
+    assert (out / "config.json").is_file()  # kept: the same command resumes it
+
+
+class StopAfter:
+    """Stands in for an active StopRequest: 'SIGTERM' arrives once ``n`` steps have been checked."""
+
+    signum, name = signal.SIGTERM, "SIGTERM"
+
+    def __init__(self, n: int):
+        self.n = n
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.fixture(scope="module")
+def data(shared_archive):
+    from cifarlab.data import load_dataset
+
+    return load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
+
+
+def make_trainer(data):
+    import keras
+
+    from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training.fast import FastTrainer
+
+    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    keras.utils.set_random_seed(0)
+    return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
+
+
+def test_a_signal_mid_epoch_resumes_at_the_very_next_step(data, tmp_path):
+    """Interrupted after step 2 of epoch 2 and resumed in a fresh trainer: the same weights as one straight run."""
+    from cifarlab.training.signals import Interrupted
+
+    def trainer():
+        return make_trainer(data)
+
+    straight = trainer()
+    expected = straight.fit(3, data.x_val, data.y_val)
+
+    first = trainer()
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 2, step 2") as stopped:
+        # Checked after each of epoch 1's 4 steps and at its end, then after epoch 2's step 1: stop after step 2.
+        first.fit(3, data.x_val, data.y_val, run_dir=tmp_path, stop=StopAfter(5 + 1))
+    assert stopped.value.exit_code == 143
+    assert state(tmp_path)["epoch"] == 1 and state(tmp_path)["step"] == 2
+
+    resumed = trainer()
+    got = resumed.fit(3, data.x_val, data.y_val, run_dir=tmp_path)
+    assert [r["epoch"] for r in got.history] == [1, 2, 3] and got.steps == 12
+    assert got.images == 6 * 128  # trained here: epoch 2 from its step 3, and epoch 3
+    for a, b in zip(straight.model.weights, resumed.model.weights):  # batch-norm statistics included
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    np.testing.assert_allclose([r["loss"] for r in got.history], [r["loss"] for r in expected.history], rtol=1e-5)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from cifarlab.training.checkpoint import NonFiniteLoss
+
+    trainer = make_trainer(data)
+    kernel = trainer.vars[0]
+
+    def break_the_weights(row):  # after epoch 1 and its checkpoint: epoch 2 trains on NaN weights
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with pytest.raises(NonFiniteLoss, match=r"the loss became nan at epoch 2.*last good checkpoint \(after epoch 1\)"):
+        trainer.fit(3, data.x_val, data.y_val, run_dir=tmp_path, on_epoch=break_the_weights)
+    saved = state(tmp_path)
+    assert saved["epoch"] == 1 and saved["step"] == 0 and len(saved["history"]) == 1
+    resumed = make_trainer(data)
+    checkpoint.load_weights(tmp_path, resumed.model)
+    assert all(np.isfinite(np.asarray(w)).all() for w in resumed.model.weights)
