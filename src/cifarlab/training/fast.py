@@ -19,6 +19,7 @@ in float32 from logits.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -234,7 +235,7 @@ class FastTrainer:
 
     def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
-            run_dir=None, stop=None) -> FastResult:
+            run_dir=None, stop=None, progress: bool = False) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
@@ -247,6 +248,8 @@ class FastTrainer:
         ``stop`` (an active ``StopRequest``) a signal ends training after the step in progress
         with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
         A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
+        ``progress`` shows a per-epoch progress bar with an ETA (steps only: reading the loss
+        every step would cost a host sync).
         """
         from cifarlab.training import checkpoint
 
@@ -286,10 +289,13 @@ class FastTrainer:
             ep = tf.constant(epoch, tf.int32)
             wb = tf.constant(1.0 if epoch < r.whiten_bias_epochs else 0.0, tf.float32)
             t0 = time.perf_counter()
+            bar = keras.utils.Progbar(self.steps_per_epoch, unit_name="step") if progress else None
             for s in range(first, self.steps_per_epoch):
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 self._step(idx, ep, tf.constant(lr, tf.float32), wb)
+                if bar is not None:
+                    bar.update(s + 1)
                 step += 1
                 steps_here += 1
                 if stop is not None and stop.requested and s + 1 < self.steps_per_epoch:
@@ -418,11 +424,14 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
     def report(row):
         if not cfg.quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+            left = (recipe.epochs - row["epoch"]) * row["seconds"]
+            eta = f", about {left / 60:.1f} min to go" if left else ""
             print(f"epoch {row['epoch']}/{recipe.epochs}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
-                  f"{val} ({row['seconds']:.1f} s)", flush=True)
+                  f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
 
     with StopRequest() as stop:
-        result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop)
+        result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
+                             progress=not cfg.quiet and sys.stdout.isatty())
     history = pd.DataFrame(result.history)
     t0 = time.perf_counter()
     probs = trainer.predict(data.x_test)
