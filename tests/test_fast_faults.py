@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cifarlab.training import checkpoint
-from test_faults import cli, quiet_env, state, wait_for
+from test_faults import cli, quiet_env, sigterm_after_first_epoch, state, wait_for
 
 
 def quick(archive, out, epochs=3) -> list[str]:
@@ -46,14 +46,7 @@ def test_kill_9_after_an_epoch_then_the_same_command_resumes_at_the_next(shared_
 
 def test_sigterm_finishes_the_step_checkpoints_and_exits_143(shared_archive, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli("train", *quick(shared_archive, out)), env=quiet_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(proc, out, lambda s: s["epoch"] >= 1, "the first epoch's checkpoint")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("cifarlab: stopped by SIGTERM") and f"run the same command with --out {out}" in last
+    sigterm_after_first_epoch(cli("train", *quick(shared_archive, out)), out)
     saved = state(out)
     assert saved["trainer"] == "fast" and saved["epoch"] >= 1 and not (out / "metrics.json").exists()
     assert len(checkpoint.read_arrays(out)) > 0  # the momentum buffers travel with the weights

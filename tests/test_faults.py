@@ -79,16 +79,20 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes(shared_archive, tmp_path
     assert history.loc[0, "val_accuracy"] == pytest.approx(first["val_accuracy"])
 
 
-def test_sigterm_checkpoints_and_exits_143(shared_archive, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(cli("train", *small(shared_archive, out, every=0)), env=quiet_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def sigterm_after_first_epoch(cmd: list[str], out) -> None:
+    """Run ``cmd``, SIGTERM it once its first epoch is checkpointed; check exit 143 and the resume hint."""
+    proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(proc, out, lambda s: s["epoch"] >= 1, "the first epoch's checkpoint")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("cifarlab: stopped by SIGTERM") and f"run the same command with --out {out}" in last
+
+
+def test_sigterm_checkpoints_and_exits_143(shared_archive, tmp_path):
+    out = tmp_path / "run"
+    sigterm_after_first_epoch(cli("train", *small(shared_archive, out, every=0)), out)
     s = state(out)
     assert s["step"] > 0 or s["epoch"] >= 2  # saved at the step it stopped, after the epoch checkpoint
     # Resumable: the directory is claimed for resuming by the same settings, refused with others.
