@@ -84,3 +84,14 @@ def test_strategy_errors_are_clear(monkeypatch):
     with pytest.raises(CifarlabError, match="multiple of 4"):
         placement.check_batch(30)
     placement.check_batch(32)
+
+
+def test_fast_recipes_refuse_a_distribution_they_cannot_use(shared_archive, tmp_path):
+    p = subprocess.run(cli("train", "--recipe", "quick", "--strategy", "mirrored", "--devices", "2",
+                           "--data", str(shared_archive), "--limit", "500", "--out", str(tmp_path / "r")),
+                       env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "cifarlab: error: the quick recipe trains on one device and cannot use 2 local devices (MirroredStrategy); "
+        "use --recipe seed to train distributed (docs/scaling.md)"]
+    assert not (tmp_path / "r").exists()

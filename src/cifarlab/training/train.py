@@ -83,6 +83,11 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     model_name = spec.name
     placement = distribute.setup(cfg.strategy, cfg.devices)  # first: it configures TensorFlow's devices
     placement.check_batch(recipe.batch_size)
+    if recipe.trainer == "fast" and placement.kind != "default":
+        # The compiled fast loop runs on one device; silently training on one while the user
+        # asked for several would be worse than saying so.
+        raise CifarlabError(f"the {recipe.name} recipe trains on one device and cannot use "
+                            f"{placement.describe()}; use --recipe seed to train distributed (docs/scaling.md)")
     checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
