@@ -161,7 +161,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
         model = spec.build(num_classes=data.num_classes)
         model.compile(optimizer=_optimizer(recipe), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     placement.prepare(model, data.x_train[:2], data.y_train[:2])
-    callbacks = [_EpochTimer()]
+    callbacks = []
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
     if recipe.early_stopping_patience is not None:
@@ -229,20 +229,6 @@ def _optimizer(recipe):
     if recipe.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=0.9, nesterov=True)
     raise CifarlabError(f"recipe {recipe.name!r}: unknown optimizer {recipe.optimizer!r}")
-
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall seconds per epoch, for history.csv."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(round(time.perf_counter() - self._t, 3))
 
 
 def _tensorboard(out: Path):
