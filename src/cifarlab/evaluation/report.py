@@ -213,19 +213,9 @@ def load_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
 
 
 def _test_images(run_dir: Path, config: dict, data, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
-    from cifarlab.data import load_dataset
+    from cifarlab.evaluation.evaluate import run_test_set
 
-    d = config.get("data") or {}
-    source = data or os.environ.get("CIFARLAB_DATA") or d.get("source")
-    dataset = d.get("dataset", "cifar10")
-    if dataset == "folder":
-        dataset = "cifar10"  # an image folder is recognised from the path itself
-    if source is None:
-        raise CifarlabError(f"{run_dir / 'config.json'} names no data source; pass the test data with --data")
-    if not Path(source).exists():
-        raise CifarlabError(f"the data {run_dir.name} was trained on is gone ({source}); "
-                            "pass the test data with --data")
-    ds = load_dataset(source, dataset=dataset, validate_on="test", coarse=bool(d.get("coarse")), quiet=quiet)
+    ds = run_test_set(run_dir, config.get("data") or {}, data, quiet)
     return ds.x_test, ds.y_test
 
 
