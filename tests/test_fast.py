@@ -229,3 +229,78 @@ def test_dirac_init_passes_input_channels_through():
     k = np.asarray(build_quick(dirac=True).get_layer("block2_conv1").kernel)  # (3, 3, 32, 64)
     np.testing.assert_array_equal(k[1, 1, :, :32], np.eye(32))
     assert not k[0, :, :, :32].any() and k[:, :, :, 32:].any()
+
+
+# --- the optimiser's parts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu"])
+def test_float32_activations_match_tensorflow_value_and_gradient(name):
+    import tensorflow as tf
+
+    from cifarlab.training.fast import _ACTIVATIONS
+
+    ref = {"gelu": lambda v: tf.nn.gelu(v, approximate=False), "silu": tf.nn.silu}[name]
+    x = tf.constant(np.linspace(-6, 6, 997), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = _ACTIVATIONS[name](x), ref(x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(ours, x), tape.gradient(theirs, x), atol=1e-6)
+    xb = tf.cast(x, tf.bfloat16)  # bfloat16 in, bfloat16 out and back
+    with tf.GradientTape() as tape:
+        tape.watch(xb)
+        y = _ACTIVATIONS[name](xb)
+    assert y.dtype == tf.bfloat16 and tape.gradient(y, xb).dtype == tf.bfloat16
+
+
+def _trainer(slice_data, **changes):
+    import keras
+
+    from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training.fast import FastTrainer
+
+    keras.utils.set_random_seed(0)
+    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=512, **changes)
+    return FastTrainer(get_model("quick").build(num_classes=10), recipe, slice_data.x_train, slice_data.y_train)
+
+
+def test_muon_steps_are_orthogonal_and_keep_the_kernel_norm(slice_data):
+    import tensorflow as tf
+
+    trainer = _trainer(slice_data, optimizer="muon", muon_lr=0.1, muon_momentum=0.0)
+    i = next(i for i, v in enumerate(trainer.vars) if v.path == "block2_conv1/kernel")  # (3, 3, 32, 64)
+    v, buf = trainer.vars[i], trainer.bufs[i]
+    assert trainer.is_muon[i] and not any(m for m, w in zip(trainer.is_muon, trainer.vars) if len(w.shape) < 4)
+    before = np.array(v)
+    g = tf.random.stateless_normal(v.shape, seed=[1, 2]) * tf.linspace(0.1, 10.0, 64)  # badly conditioned
+    trainer._muon_update(v, g, buf, tf.constant(0.1))
+    c_out = v.shape[-1]
+    normalised = before * np.sqrt(c_out) / np.linalg.norm(before)
+    update = (normalised - np.array(v)) / 0.1
+    s = np.linalg.svd(update.reshape(-1, c_out), compute_uv=False)
+    # 3 Newton-Schulz steps: the update's singular values land in about [0.5, 1.5] except for
+    # directions in which the gradient was nearly nil, whatever the gradient's own spread.
+    s_grad = np.linalg.svd(np.array(g).reshape(-1, c_out), compute_uv=False)
+    assert s_grad.max() / np.percentile(s_grad, 10) > 10
+    assert np.percentile(s, 10) > 0.3 and s.max() < 1.7
+    # The step moves along the gradient: update . g > 0.
+    assert float(np.sum(update * np.array(g))) > 0
+
+
+def test_lookahead_ends_each_epoch_on_the_slow_weights_and_is_checkpointed(slice_data, tmp_path):
+    from cifarlab.training import checkpoint
+
+    trainer = _trainer(slice_data, lookahead_every=2, lookahead_start_epoch=1, epochs=2)
+    trainer.fit(1)
+    assert not trainer.slow_on  # not before lookahead_start_epoch
+    res = trainer.fit(2, run_dir=tmp_path)  # resumes from nothing: trains both epochs afresh
+    assert trainer.slow_on and len(res.history) == 2
+    for v, slow in zip(trainer.averaged, trainer.slow):
+        np.testing.assert_allclose(np.array(v), np.array(slow), rtol=1e-6, atol=1e-6)
+    arrays = checkpoint.read_arrays(tmp_path)
+    assert sum(k.startswith("slow_") for k in arrays) == len(trainer.slow)
+    other = _trainer(slice_data, lookahead_every=2, lookahead_start_epoch=1, epochs=2)
+    other._restore(tmp_path, checkpoint.read_state(tmp_path))
+    assert other.slow_on
+    np.testing.assert_array_equal(np.array(other.slow[0]), np.array(trainer.slow[0]))

@@ -100,16 +100,28 @@ class FastTrainer:
             self.lr_mult.append(recipe.bias_lr_scale if is_bias else 1.0)
             self.wd.append(recipe.weight_decay / (recipe.bias_lr_scale if is_bias else 1.0))
             self.is_whiten_bias.append(path.startswith("whiten/"))
+        if recipe.optimizer not in ("sgd", "muon"):
+            raise ValueError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
+        # "muon": the 3x3 conv kernels by Muon, biases and the classifier by Nesterov SGD.
+        self.is_muon = [recipe.optimizer == "muon" and len(v.shape) == 4 for v in self.vars]
         self.bn_momentum = {v.path: layer.momentum for layer in model.layers
                             if isinstance(layer, keras.layers.BatchNormalization)
                             for v in (layer.moving_mean, layer.moving_variance)}
         self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
+        # Lookahead's slow copy covers everything a forward pass reads that training changes,
+        # the batch-norm running statistics included (airbench averages its whole state).
+        self.averaged = self.vars + [v for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                                     for v in (layer.moving_mean, layer.moving_variance)]
+        self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
+                     if recipe.lookahead_every else [])
+        self.slow_on = False
         self.loss_sum = tf.Variable(0.0, trainable=False)
         self.correct = tf.Variable(0.0, trainable=False)
         self.seen = tf.Variable(0.0, trainable=False)
         jit = bool(recipe.jit_compile)
         self._step = tf.function(self._train_step, jit_compile=jit)
         self._logits = tf.function(self._eval_logits, jit_compile=jit)
+        self._lookahead = tf.function(self._lookahead_step)
 
     # -- the compiled parts -------------------------------------------------------------------
 
@@ -136,7 +148,11 @@ class FastTrainer:
             loss = self._loss(logits, yb)
         grads = tape.gradient(loss, self.vars)
         mu = r.momentum
-        for v, g, buf, mult, wd, wb in zip(self.vars, grads, self.bufs, self.lr_mult, self.wd, self.is_whiten_bias):
+        for v, g, buf, mult, wd, wb, muon in zip(self.vars, grads, self.bufs, self.lr_mult, self.wd,
+                                                 self.is_whiten_bias, self.is_muon):
+            if muon:
+                self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.muon_lr / r.learning_rate))
+                continue
             step_lr = lr * mult * (whiten_bias_on if wb else 1.0)
             g = tf.cast(g, tf.float32) + wd * v  # weight decay through the momentum, as airbench's SGD does
             buf.assign(mu * buf + g)
@@ -147,6 +163,32 @@ class FastTrainer:
         self.seen.assign_add(n)
         for var, value in updates:
             var.assign(var * self.bn_momentum[var.path] + value * (1 - self.bn_momentum[var.path]))
+
+    def _muon_update(self, v, g, buf, lr):
+        """Muon on one conv kernel ``(kh, kw, c_in, c_out)``: Nesterov momentum, orthogonalised by Newton-Schulz.
+
+        The kernel is held at Frobenius norm ``sqrt(c_out)`` (its scale is irrelevant under batch
+        norm, so fixing it fixes the effective step size), and steps by ``lr`` times an update whose
+        singular values are all near 1: every direction of the filter bank learns at the same rate.
+        """
+        mu = self.recipe.muon_momentum
+        buf.assign(mu * buf + g)
+        u = g + mu * buf
+        c_out = v.shape[-1]
+        x = tf.cast(tf.transpose(tf.reshape(u, [-1, c_out])), tf.bfloat16)  # (c_out, kh*kw*c_in): wide
+        x = x / (tf.norm(x) + 1e-7)  # top singular value <= 1
+        a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients chosen for the steepest slope at 0
+        for _ in range(self.recipe.muon_ns_steps):
+            m = tf.matmul(x, x, transpose_b=True)
+            x = a * x + tf.matmul(b * m + c * tf.matmul(m, m), x)
+        update = tf.reshape(tf.transpose(tf.cast(x, tf.float32)), v.shape)
+        v.assign(v * (math.sqrt(c_out) / tf.norm(v)) - lr * update)
+
+    def _lookahead_step(self, rho):
+        """Move the slow weights ``1 - rho`` of the way to the fast ones, then reset the fast ones to them."""
+        for v, slow in zip(self.averaged, self.slow):
+            slow.assign(slow + (1.0 - rho) * (tf.cast(v, tf.float32) - slow))
+            v.assign(tf.cast(slow, v.dtype))
 
     def _eval_logits(self, xb):
         return self._run(tf.cast(xb, tf.float32), training=False)[0]
@@ -298,6 +340,14 @@ class FastTrainer:
                     bar.update(s + 1)
                 step += 1
                 steps_here += 1
+                if r.lookahead_every and epoch >= r.lookahead_start_epoch and step % r.lookahead_every == 0:
+                    if not self.slow_on:  # the slow weights start where the net is
+                        for v, slow in zip(self.averaged, self.slow):
+                            slow.assign(v)
+                        self.slow_on = True
+                    else:
+                        rho = r.lookahead_decay ** r.lookahead_every * (step / total) ** r.lookahead_power
+                        self._lookahead(tf.constant(rho, tf.float32))
                 if stop is not None and stop.requested and s + 1 < self.steps_per_epoch:
                     if run_dir is not None:
                         save(epoch, s + 1, epoch_rng)
@@ -308,6 +358,8 @@ class FastTrainer:
                     clock += time.perf_counter() - t0
                     log_eval(epoch + (s + 1) / self.steps_per_epoch)
                     t0 = time.perf_counter()
+            if self.slow_on:  # each epoch ends on the slow weights (rho = 1: the net takes them as they are)
+                self._lookahead(tf.constant(1.0, tf.float32))
             seen = float(self.seen.numpy())  # the one host sync of the epoch
             clock += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "loss": float(self.loss_sum.numpy()) / seen,
@@ -347,11 +399,15 @@ class FastTrainer:
                 "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
                 "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
                 "sums": [float(v.numpy()) for v in (self.loss_sum, self.correct, self.seen)],
+                "lookahead_on": self.slow_on,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         # The hand-written optimizer's momentum buffers; the model file holds the rest.
-        return {f"momentum_{i:03d}": b.numpy() for i, b in enumerate(self.bufs)}
+        arrays = {f"momentum_{i:03d}": b.numpy() for i, b in enumerate(self.bufs)}
+        if self.slow_on:
+            arrays.update({f"slow_{i:03d}": v.numpy() for i, v in enumerate(self.slow)})
+        return arrays
 
     def _restore(self, run_dir, state: dict) -> tuple[int, int]:
         """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer."""
@@ -365,6 +421,10 @@ class FastTrainer:
         arrays = checkpoint.read_arrays(run_dir)
         for i, b in enumerate(self.bufs):
             b.assign(arrays[f"momentum_{i:03d}"])
+        self.slow_on = bool(state.get("lookahead_on"))
+        if self.slow_on:
+            for i, v in enumerate(self.slow):
+                v.assign(arrays[f"slow_{i:03d}"])
         self.rng.bit_generator.state = state["shuffle_rng"]
         self.gen.state.assign(np.asarray(state["augment_rng"], dtype=self.gen.state.dtype.as_numpy_dtype))
         for v, value in zip((self.loss_sum, self.correct, self.seen), state["sums"]):
@@ -372,10 +432,48 @@ class FastTrainer:
         return state["epoch"], state["step"]
 
 
+def _in_float32(fn, dfn):
+    """An element-wise activation computed in float32 whatever the input dtype, with a hand-written gradient.
+
+    On this CPU TensorFlow's element-wise kernels are 2-3x slower in bfloat16 than in float32,
+    and autodiff through ``tf.nn.gelu``'s composite ops makes several more passes over the
+    tensor: computed this way GELU costs 0.74x and SiLU 0.38x of ``tf.nn.gelu`` in bfloat16
+    (forward + backward, casts included; ``/work/notes``-style micro-benchmark in docs/fast.md).
+    ``fn(x)`` and ``dfn(x)`` (its derivative) take float32.
+    """
+    @tf.custom_gradient
+    def act(x):
+        xf = tf.cast(x, tf.float32)
+
+        def grad(dy):
+            return tf.cast(tf.cast(dy, tf.float32) * dfn(xf), x.dtype)
+
+        return tf.cast(fn(xf), x.dtype), grad
+
+    return act
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _gelu(x):
+    return 0.5 * x * tf.math.erfc(-x * _SQRT_HALF)  # Keras' "gelu" is this exact (erf) form
+
+
+def _dgelu(x):
+    return 0.5 * tf.math.erfc(-x * _SQRT_HALF) + x * _INV_SQRT_2PI * tf.exp(-0.5 * x * x)
+
+
+def _dsilu(x):
+    s = tf.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
 _ACTIVATIONS = {
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),  # Keras' "gelu" is the exact (erf) form
-    "relu": tf.nn.relu,
-    "silu": tf.nn.silu,
+    "gelu": _in_float32(_gelu, _dgelu),
+    "silu": _in_float32(tf.nn.silu, _dsilu),
+    "relu": tf.nn.relu,  # already one cheap native op
     "linear": tf.identity,
 }
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 class Recipe:
     name: str
     model: str  # default model for this recipe
-    optimizer: str = "adam"  # "adam" | "sgd"
+    optimizer: str = "adam"  # "adam" | "sgd" | "muon" (fast loop only: Muon for conv kernels, SGD for the rest)
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 15
@@ -42,6 +42,20 @@ class Recipe:
     whiten_init_images: int = 0  # images used to set the whitening layer; 0: no whitening init
     whiten_bias_epochs: int = 0  # epochs during which the whitening layer's bias trains
     jit_compile: bool = False  # XLA-compile the training and evaluation steps
+    # Muon (optimizer="muon", after airbench's later record): the 3x3 convolution kernels step by
+    # orthogonalised Nesterov-momentum updates of size muon_lr (the schedule applies) on weights
+    # kept at a fixed norm; biases and the classifier keep SGD with the fields above.
+    muon_lr: float = 0.0
+    muon_momentum: float = 0.6
+    muon_ns_steps: int = 3  # Newton-Schulz iterations; 3 already gives singular values in ~[0.5, 1.5]
+    # Lookahead (airbench): every ``lookahead_every`` steps from epoch ``lookahead_start_epoch`` on,
+    # a slow copy of the weights moves toward the trained ones by ``1 - rho`` and the net jumps
+    # back to it; rho = lookahead_decay ** every * (step / total) ** lookahead_power grows to
+    # ~0.77, so late steps are averaged strongly. 0 turns it off.
+    lookahead_every: int = 0
+    lookahead_start_epoch: int = 0
+    lookahead_decay: float = 0.95
+    lookahead_power: float = 3.0
 
     def with_overrides(self, **overrides) -> "Recipe":
         """A copy with the given fields replaced; ``None`` values are ignored."""
