@@ -127,3 +127,47 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
     resumed = make_trainer(data)
     checkpoint.load_weights(tmp_path, resumed.model)
     assert all(np.isfinite(np.asarray(w)).all() for w in resumed.model.weights)
+
+
+@pytest.fixture(scope="module")
+def small_archive(shared_archive, tmp_path_factory):
+    from slices import slice_archive
+
+    return slice_archive(shared_archive, tmp_path_factory.mktemp("data") / "cifar10-slice.tar.gz")
+
+
+def sliced(archive, out, epochs=2, every=2) -> list[str]:
+    # 1,000 images (500 test): 900 to train on, 14 steps of 64 per epoch, a checkpoint every `every` steps.
+    return ["--recipe", "quick", "--data", str(archive), "--epochs", str(epochs), "--batch-size", "64",
+            "--seed", "0", "--checkpoint-every", str(every), "--out", str(out), "--no-report", "--quiet"]
+
+
+def test_kill_9_after_a_mid_epoch_checkpoint_resumes_at_the_next_step(small_archive, tmp_path):
+    straight_out, out = tmp_path / "straight", tmp_path / "run"
+    straight = subprocess.Popen(cli("train", *sliced(small_archive, straight_out)), env=quiet_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = cli("train", *sliced(small_archive, out))
+    proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Steps 2, 4 or 6 of epoch 2: the epoch's end (step 14) is far off when the kill lands.
+    wait_for(proc, out, lambda s: s["epoch"] == 1 and 0 < s["step"] <= 6, "a mid-epoch checkpoint in epoch 2")
+    proc.kill()  # SIGKILL: no handler, no clean-up
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    saved = state(out)
+    assert saved["epoch"] == 1 and saved["step"] in (2, 4, 6, 8) and saved["exact_step"]
+    assert len(saved["history"]) == 1 and not (out / "metrics.json").exists()
+
+    again = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from the checkpoint epoch 2, step {saved['step']}\n" in again.stderr  # not "starts over"
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert history[["loss", "accuracy", "val_loss", "val_accuracy"]].notna().all().all()
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert not (out / "checkpoint").exists()
+    # Each image seen once per epoch, in the same order as an unbroken run: the same epoch-2 loss and
+    # accuracy (a replay of the epoch's first steps would change both).
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err[-3000:]
+    expected = pd.read_csv(straight_out / "history.csv")
+    np.testing.assert_allclose(history[["loss", "accuracy"]], expected[["loss", "accuracy"]], rtol=1e-3)

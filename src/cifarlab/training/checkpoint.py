@@ -28,8 +28,8 @@ The fast loop (``training.fast``, recipes ``fast`` and ``quick``) writes the sam
 :func:`write`: the model's weights (batch-norm statistics included), its hand-written optimizer's
 momentum buffers as extra arrays, and a state with the epoch and step (the step counter drives
 the learning-rate schedule), the history, and its shuffle and augmentation generators. It
-checkpoints at every epoch end and on a signal (not every N steps), and since it owns its loop
-a signal's checkpoint resumes at the very next step, with the same batches as an unbroken run.
+checkpoints at every epoch end, every ``every_steps`` steps and on a signal, and since it owns its
+loop a mid-epoch checkpoint resumes at the very next step, with the same batches as an unbroken run.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ class FastTrainer:
 
     def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
-            run_dir=None, stop=None, progress: bool = False) -> FastResult:
+            run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
@@ -243,8 +243,10 @@ class FastTrainer:
         the clock stops while evaluating. The in-epoch evaluations stop once the
         accuracy reaches ``eval_every_until``.
 
-        With ``run_dir``, the whole training state is checkpointed there at every epoch end
-        (:mod:`cifarlab.training.checkpoint`) and a checkpoint found there is resumed. With
+        With ``run_dir``, the whole training state is checkpointed there at every epoch end and
+        every ``checkpoint_every`` steps within an epoch (None: ``checkpoint.DEFAULT_EVERY_STEPS``;
+        0: epoch ends only) (:mod:`cifarlab.training.checkpoint`), and a checkpoint found there is
+        resumed, mid-epoch ones at the very next step. With
         ``stop`` (an active ``StopRequest``) a signal ends training after the step in progress
         with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
         A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
@@ -264,6 +266,8 @@ class FastTrainer:
             res.history = list(last_saved["history"])
             checkpoint.resuming_notice(last_saved)
         step = start_epoch * self.steps_per_epoch + start_step  # drives the lr schedule
+        every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
+        every = every if run_dir is not None else 0
         steps_here = 0
 
         def save(epochs_done, step_in_epoch, epoch_rng):
@@ -302,6 +306,11 @@ class FastTrainer:
                     if run_dir is not None:
                         save(epoch, s + 1, epoch_rng)
                     raise checkpoint.interrupted(stop, last_saved, run_dir)
+                if every and (s + 1) % every == 0 and s + 1 < self.steps_per_epoch:
+                    self.seen.numpy()  # the checkpoint's own host sync, only when one is due
+                    clock += time.perf_counter() - t0  # the clock stops while writing, as while evaluating
+                    save(epoch, s + 1, epoch_rng)
+                    t0 = time.perf_counter()
                 reached = res.evals and res.evals[-1].accuracy >= eval_every_until
                 if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
                     self.seen.numpy()  # wait for the step to finish before reading the clock
@@ -431,7 +440,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
 
     with StopRequest() as stop:
         result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
-                             progress=not cfg.quiet and sys.stdout.isatty())
+                             progress=not cfg.quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
     history = pd.DataFrame(result.history)
     t0 = time.perf_counter()
     probs = trainer.predict(data.x_test)
