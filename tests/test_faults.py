@@ -147,16 +147,16 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     from cifarlab.training.train import train
 
     out = tmp_path / "run"
-    real, calls = checkpoint._save_weights, []
+    real, calls = checkpoint._write_bytes, []
 
-    def disk_full_on_second_write(model, target):
+    def disk_full_on_second_write(data, target):
         calls.append(target)
         if len(calls) == 2:
             target.write_bytes(b"\x89HDF\r\n" + b"\0" * 1000)  # a half-written file, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(model, target)
+        real(data, target)
 
-    monkeypatch.setattr(checkpoint, "_save_weights", disk_full_on_second_write)
+    monkeypatch.setattr(checkpoint, "_write_bytes", disk_full_on_second_write)
     args = dict(recipe="seed", data=str(shared_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
                 checkpoint_every=0)
     with pytest.raises(CifarlabError) as e:
@@ -167,7 +167,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     assert state(out)["epoch"] == 1
     assert os.listdir(out / "checkpoint") == [checkpoint.FILE]  # no temporary left behind
 
-    monkeypatch.setattr(checkpoint, "_save_weights", real)  # space freed: the same call resumes and finishes
+    monkeypatch.setattr(checkpoint, "_write_bytes", real)  # space freed: the same call resumes and finishes
     run = train(**args)
     assert len(run.history) == 2
     assert_complete(out, 2)
