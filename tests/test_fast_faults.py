@@ -133,13 +133,6 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
     assert all(np.isfinite(np.asarray(w)).all() for w in resumed.model.weights)
 
 
-@pytest.fixture(scope="module")
-def small_archive(shared_archive, tmp_path_factory):
-    from slices import slice_archive
-
-    return slice_archive(shared_archive, tmp_path_factory.mktemp("data") / "cifar10-slice.tar.gz")
-
-
 def sliced(archive, out, epochs=2, every=2) -> list[str]:
     # 1,000 images (500 test): 900 to train on, 14 steps of 64 per epoch, a checkpoint every `every` steps.
     return ["--recipe", "quick", "--data", str(archive), "--epochs", str(epochs), "--batch-size", "64",

@@ -194,3 +194,36 @@ def test_worker_death_stops_the_others_and_the_rerun_resumes(shared_archive, tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from the checkpoint epoch 1, step" in again.stderr
     assert_complete(out, 1)
+
+
+def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(small_archive, tmp_path):
+    """SIGTERM, then SIGINT, to `cifarlab launch`: the workers checkpoint and exit, the launcher exits 143/130
+    with one line; the same command resumes each time and finally completes."""
+    import psutil
+
+    out = tmp_path / "run"
+    cmd = cli("launch", "--workers", "2", "--", "train", *small(small_archive, out, epochs=2, every=3))
+    for signum, code, ready in ((signal.SIGTERM, 143, lambda s: s["step"] > 0),
+                                (signal.SIGINT, 130, lambda s: s["epoch"] >= 1)):
+        before = state(out)
+        launcher = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(launcher, out, lambda s: s != before and ready(s), "a checkpoint of this attempt")
+        workers = psutil.Process(launcher.pid).children()
+        assert len(workers) == 2
+        launcher.send_signal(signum)
+        _, err = launcher.communicate(timeout=180)
+        assert launcher.returncode == code, err[-3000:]
+        assert "Traceback" not in err and "[worker 1] cifarlab:" not in err
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        saved = state(out)
+        stops = [ln for ln in err.splitlines() if ln.startswith("cifarlab:")]
+        assert stops == [f"cifarlab: stopped by {signum.name}; the workers saved a checkpoint ({checkpoint.where(saved)}) "
+                         f"in {out / 'checkpoint'}. To resume, run the same command again (--out {out})"], err[-3000:]
+        if before is not None:
+            assert f"resuming from the checkpoint {checkpoint.where(before)}" in err
+        assert not (out / "metrics.json").exists()
+
+    again = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from the checkpoint {checkpoint.where(saved)}" in again.stderr
+    assert_complete(out, 2)
