@@ -196,13 +196,18 @@ def test_worker_death_stops_the_others_and_the_rerun_resumes(shared_archive, tmp
     assert_complete(out, 1)
 
 
-def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(small_archive, tmp_path):
+@pytest.mark.parametrize("recipe", ["seed", "quick"])  # Keras' fit, and the fast loop (batches of 64 here)
+def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(small_archive, tmp_path, recipe):
     """SIGTERM, then SIGINT, to `cifarlab launch`: the workers checkpoint and exit, the launcher exits 143/130
     with one line; the same command resumes each time and finally completes."""
     import psutil
 
     out = tmp_path / "run"
-    cmd = cli("launch", "--workers", "2", "--", "train", *small(small_archive, out, epochs=2, every=3))
+    args = small(small_archive, out, epochs=2, every=3)
+    args[args.index("seed")] = recipe
+    if recipe == "quick":
+        args += ["--batch-size", "64", "--no-report"]
+    cmd = cli("launch", "--workers", "2", "--", "train", *args)
     for signum, code, ready in ((signal.SIGTERM, 143, lambda s: s["step"] > 0),
                                 (signal.SIGINT, 130, lambda s: s["epoch"] >= 1)):
         before = state(out)
