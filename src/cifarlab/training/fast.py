@@ -527,9 +527,10 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
         model = spec.build(num_classes=data.num_classes)
     trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed, placement=placement)
+    quiet = cfg.quiet or (distributed and not placement.is_chief)  # the chief reports for all workers
 
     def report(row):
-        if not cfg.quiet:
+        if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
             left = (recipe.epochs - row["epoch"]) * row["seconds"]
             eta = f", about {left / 60:.1f} min to go" if left else ""
@@ -538,7 +539,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
 
     with StopRequest() as stop:
         result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
-                             progress=not cfg.quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
+                             progress=not quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
     history = pd.DataFrame(result.history)
     if distributed and not placement.is_chief:  # the chief evaluates and writes the run directory
         return Run(out, model, history, {}, config)
