@@ -76,7 +76,7 @@ def _worker_command(cmd: list[str], workers: int) -> tuple[list[str], str]:
 
 def _pump(stream, sink, prefix: str, received: list[int]) -> None:
     for line in iter(stream.readline, ""):
-        if received and line.startswith("cifarlab: stopped by"):
+        if received and line.startswith(("cifarlab: stopped by", "cifarlab: interrupted")):
             continue  # each worker's own stop line: the launcher sums them up in one
         sink.write(prefix + line)
         sink.flush()
