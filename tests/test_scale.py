@@ -5,6 +5,7 @@ differ only in how per-replica gradients are summed (float rounding). After one 
 2,000 images the test accuracies (about 0.25 on 10 classes) agree within 0.05.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -116,3 +117,33 @@ def test_fast_loop_on_one_device_two_devices_two_workers_agree(small_archive, tm
     print("quick recipe, test accuracy after 3 epochs:", accuracies)
     assert max(accuracies.values()) - min(accuracies.values()) <= FAST_ACCURACY_TOLERANCE, accuracies
     assert min(accuracies.values()) > 0.2, accuracies  # all of them learned something (chance: 0.10)
+
+
+def test_the_fast_loops_distributed_step_on_one_replica_is_the_one_device_step(small_archive):
+    """The distributed step's machinery (split, all-reduce, merge call, mirrored updates, summed counts) adds
+    nothing: under a one-replica MirroredStrategy it ends with the one-device loop's weights."""
+    from dataclasses import replace
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from cifarlab.data import load_dataset
+    from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training.distribute import Placement
+    from cifarlab.training.fast import FastTrainer
+
+    data = load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)
+    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    placement = Placement(tf.distribute.MirroredStrategy(["/cpu:0"]), "mirrored", 1)
+    results = []
+    for where in (None, placement):
+        keras.utils.set_random_seed(0)
+        with where.scope() if where else contextlib.nullcontext():
+            model = get_model("quick").build(num_classes=10)
+        trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=0, placement=where)
+        results.append((trainer.fit(2, data.x_val, data.y_val).history, [np.asarray(w) for w in model.weights]))
+    (h1, w1), (h2, w2) = results
+    assert [r["loss"] for r in h1] == pytest.approx([r["loss"] for r in h2], rel=1e-6)
+    for a, b, v in zip(w1, w2, model.weights):  # batch-norm statistics and the whitening bias included
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=v.path)

@@ -66,7 +66,9 @@ class FastTrainer:
     """Train ``model`` (from :mod:`cifarlab.models.fast`) on uint8 images by ``recipe``.
 
     ``x_train`` uint8 ``(N, 32, 32, 3)``, ``y_train`` int ``(N,)``. Call :meth:`fit`,
-    then :meth:`predict` / :meth:`predict_tta` for float32 probabilities.
+    then :meth:`predict` / :meth:`predict_tta` for float32 probabilities. With a ``placement``
+    (``training.distribute.Placement``) other than one device, ``model`` built under its scope,
+    each step trains data-parallel under its strategy (:meth:`_distributed_step`).
     """
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
@@ -563,7 +565,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
         metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
                        val_loss=float(history["val_loss"].iloc[-1]))
 
-    if distributed:  # a plain copy of the trained weights: the saved model knows nothing of the strategy
+    if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
         model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
     save_model(model, out / "model.keras", {
         "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
