@@ -217,8 +217,6 @@ class _NamedBuffer(io.BytesIO):
     def __str__(self) -> str:
         return "checkpoint.weights.h5"
 
-    __fspath__ = __str__
-
 
 def _checkpoint_bytes(model, state: dict, arrays: dict[str, np.ndarray] | None) -> bytes:
     """The whole checkpoint file: ``model``'s weights in Keras' .weights.h5 format plus ``state`` and ``arrays``.
