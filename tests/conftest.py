@@ -46,3 +46,11 @@ def chromium() -> str:
     if not path:
         pytest.skip("Chromium not installed (Debian package 'chromium'; `make browser` installs it as root)")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_archive(shared_archive, tmp_path_factory) -> Path:
+    """The first 1,000 training and 500 test images of the shared copy, same layout (tests/slices.py)."""
+    from slices import slice_archive
+
+    return slice_archive(shared_archive, tmp_path_factory.mktemp("slice") / "cifar10-slice.tar.gz")

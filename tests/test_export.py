@@ -83,3 +83,15 @@ def test_bad_format_and_model(tmp_path, capsys):
     assert rc == 2 and "model not found" in err
     rc, _, err = main(capsys, "export", tmp_path, "--format", "pickle", "-o", tmp_path / "x")
     assert rc == 2 and "invalid choice" in err
+
+
+def test_the_check_images_come_from_cifarlab_data_like_evaluate(seed_run, small_archive, tmp_path, monkeypatch):
+    from cifarlab.data import read_arrays, resolve_source
+    from cifarlab.serving.export import check_images
+
+    model = tmp_path / "m.keras"  # a bare model file: no run directory to name its data
+    shutil.copy(seed_run.run_dir / "model.keras", model)
+    monkeypatch.setenv("CIFARLAB_DATA", str(small_archive))
+    x, source = check_images(model, None, n=50)
+    assert source == str(small_archive)
+    np.testing.assert_array_equal(x, read_arrays(resolve_source(small_archive)).x_test[:50])

@@ -147,16 +147,16 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     from cifarlab.training.train import train
 
     out = tmp_path / "run"
-    real, calls = checkpoint._save_weights, []
+    real, calls = checkpoint._write_bytes, []
 
-    def disk_full_on_second_write(model, target):
+    def disk_full_on_second_write(data, target):
         calls.append(target)
         if len(calls) == 2:
             target.write_bytes(b"\x89HDF\r\n" + b"\0" * 1000)  # a half-written file, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(model, target)
+        real(data, target)
 
-    monkeypatch.setattr(checkpoint, "_save_weights", disk_full_on_second_write)
+    monkeypatch.setattr(checkpoint, "_write_bytes", disk_full_on_second_write)
     args = dict(recipe="seed", data=str(shared_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
                 checkpoint_every=0)
     with pytest.raises(CifarlabError) as e:
@@ -167,7 +167,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     assert state(out)["epoch"] == 1
     assert os.listdir(out / "checkpoint") == [checkpoint.FILE]  # no temporary left behind
 
-    monkeypatch.setattr(checkpoint, "_save_weights", real)  # space freed: the same call resumes and finishes
+    monkeypatch.setattr(checkpoint, "_write_bytes", real)  # space freed: the same call resumes and finishes
     run = train(**args)
     assert len(run.history) == 2
     assert_complete(out, 2)
@@ -194,3 +194,41 @@ def test_worker_death_stops_the_others_and_the_rerun_resumes(shared_archive, tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from the checkpoint epoch 1, step" in again.stderr
     assert_complete(out, 1)
+
+
+@pytest.mark.parametrize("recipe", ["seed", "quick"])  # Keras' fit, and the fast loop (batches of 64 here)
+def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(small_archive, tmp_path, recipe):
+    """SIGTERM, then SIGINT, to `cifarlab launch`: the workers checkpoint and exit, the launcher exits 143/130
+    with one line; the same command resumes each time and finally completes."""
+    import psutil
+
+    out = tmp_path / "run"
+    args = small(small_archive, out, epochs=2, every=3)
+    args[args.index("seed")] = recipe
+    if recipe == "quick":
+        args += ["--batch-size", "64", "--no-report"]
+    cmd = cli("launch", "--workers", "2", "--", "train", *args)
+    for signum, code, ready in ((signal.SIGTERM, 143, lambda s: s["step"] > 0),
+                                (signal.SIGINT, 130, lambda s: s["epoch"] >= 1)):
+        before = state(out)
+        launcher = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(launcher, out, lambda s: s != before and ready(s), "a checkpoint of this attempt")
+        workers = psutil.Process(launcher.pid).children()
+        assert len(workers) == 2
+        launcher.send_signal(signum)
+        _, err = launcher.communicate(timeout=180)
+        assert launcher.returncode == code, err[-3000:]
+        assert "Traceback" not in err and "[worker 1] cifarlab:" not in err
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        saved = state(out)
+        stops = [ln for ln in err.splitlines() if ln.startswith("cifarlab:")]
+        assert stops == [f"cifarlab: stopped by {signum.name}; the workers saved a checkpoint ({checkpoint.where(saved)}) "
+                         f"in {out / 'checkpoint'}. To resume, run the same command again (--out {out})"], err[-3000:]
+        if before is not None:
+            assert f"resuming from the checkpoint {checkpoint.where(before)}" in err
+        assert not (out / "metrics.json").exists()
+
+    again = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from the checkpoint {checkpoint.where(saved)}" in again.stderr
+    assert_complete(out, 2)

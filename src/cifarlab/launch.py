@@ -10,7 +10,8 @@ Faults: when a worker exits with an error or is killed, the launcher stops the o
 (SIGTERM, then SIGKILL after ``GRACE_S``: a worker waiting for a dead peer in an
 all-reduce cannot act on a signal) and exits non-zero with one line naming the worker
 and how to resume. SIGINT/SIGTERM to the launcher are passed on to every worker, which
-agree on a step, checkpoint and exit 130/143.
+agree on a step, checkpoint and exit 130/143; the launcher then exits 130/143 with one line
+saying where the checkpoint stands and how to resume (the workers' own stop lines are dropped).
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def _worker_command(cmd: list[str], workers: int) -> tuple[list[str], str]:
     return cmd, out
 
 
-def _pump(stream, sink, prefix: str) -> None:
+def _pump(stream, sink, prefix: str, received: list[int]) -> None:
     for line in iter(stream.readline, ""):
+        if received and line.startswith(("cifarlab: stopped by", "cifarlab: interrupted")):
+            continue  # each worker's own stop line: the launcher sums them up in one
         sink.write(prefix + line)
         sink.flush()
     stream.close()
@@ -99,6 +102,7 @@ def launch(workers: int, cmd: list[str], port: int = 0) -> int:
     ports = list(range(port, port + workers)) if port else free_ports(workers)
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
+    received: list[int] = []  # signals the launcher got and passed on
     for i, cfg in enumerate(tf_configs(ports)):
         env = {**os.environ, "TF_CONFIG": json.dumps(cfg), "PYTHONUNBUFFERED": "1"}
         # A session of its own: Ctrl-C reaches the launcher only, which passes it on once.
@@ -107,11 +111,9 @@ def launch(workers: int, cmd: list[str], port: int = 0) -> int:
         procs.append(p)
         prefix = "" if i == 0 else f"[worker {i}] "
         for stream, sink in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
-            t = threading.Thread(target=_pump, args=(stream, sink, prefix), daemon=True)
+            t = threading.Thread(target=_pump, args=(stream, sink, prefix, received), daemon=True)
             t.start()
             pumps.append(t)
-
-    received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
@@ -127,7 +129,28 @@ def launch(workers: int, cmd: list[str], port: int = 0) -> int:
             signal.signal(s, old)
         for t in pumps:
             t.join(timeout=5)
+    if received:
+        print(_stopped(received[0], out), file=sys.stderr, flush=True)
     return status
+
+
+def _stopped(signum: int, out: str) -> str:
+    """The launcher's one line after passing a signal on: where the workers' checkpoint stands."""
+    from cifarlab._tf import import_quietly
+
+    import_quietly()  # the checkpoint module imports Keras
+    from cifarlab.training import checkpoint
+
+    try:
+        saved = checkpoint.read_state(out)
+    except CifarlabError:
+        saved = None
+    name = signal.Signals(signum).name
+    if saved is None:
+        return (f"cifarlab: stopped by {name} before the first checkpoint; "
+                f"the same command starts the run again (--out {out})")
+    return (f"cifarlab: stopped by {name}; the workers saved a checkpoint ({checkpoint.where(saved)}) in "
+            f"{checkpoint.path(out).parent}. To resume, run the same command again (--out {out})")
 
 
 def _watch(procs: list[subprocess.Popen], received: list[int], out: str) -> int:

@@ -40,25 +40,31 @@ CHECK_BATCH = 100
 
 
 def check_images(model_path: Path, data: str | os.PathLike | None, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
-    """The first ``n`` test images ``(n, 32, 32, 3)`` uint8 of ``data``, else of the run's own data source."""
+    """The first ``n`` test images ``(n, 32, 32, 3)`` uint8 and where they came from.
+
+    The same test set ``cifarlab evaluate`` uses (:func:`cifarlab.evaluation.evaluate.run_test_set`):
+    ``data``, else ``CIFARLAB_DATA``, else the data source of the run the model is in. A bare model
+    file with neither is refused rather than checked on a download.
+    """
     import json
 
-    from cifarlab.data import read_arrays, resolve_source
+    from cifarlab.evaluation.evaluate import run_test_set
 
-    if data is None:
-        run_dir = model_path if model_path.is_dir() else model_path.parent
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    config_data = None
+    if (run_dir / "config.json").is_file():
         try:
-            data = json.loads((run_dir / "config.json").read_text())["data"]["source"]
+            config_data = json.loads((run_dir / "config.json").read_text())["data"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise CifarlabError("no test images to check the export on: give --data (the model is not in a "
-                                "run directory with a config.json naming its data)") from None
-        if not Path(data).exists():
-            raise CifarlabError(f"the run's data {data} is gone: give --data to check the export on")
-    src = resolve_source(data)
-    x = read_arrays(src).x_test[:n]
+            raise CifarlabError(f"{run_dir / 'config.json'}: corrupt run configuration; give --data") from None
+    if data is None and not os.environ.get("CIFARLAB_DATA") and config_data is None:
+        raise CifarlabError("no test images to check the export on: give --data (the model is not in a "
+                            "run directory with a config.json naming its data)")
+    ds = run_test_set(run_dir if config_data is not None else None, config_data, data)
+    x = ds.x_test[:n]
     if len(x) == 0:
-        raise CifarlabError(f"{src}: no test images to check the export on")
-    return x, str(src)
+        raise CifarlabError(f"{ds.source}: no test images to check the export on")
+    return x, ds.source
 
 
 def _runner(fmt: str, path: Path):

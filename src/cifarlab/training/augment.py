@@ -31,9 +31,17 @@ def random_translate(x: tf.Tensor, pad: int, gen: tf.random.Generator) -> tf.Ten
     """Shift each image by a uniform random -pad..pad pixels in each axis (reflect-padded, same size)."""
     if pad == 0:
         return x
-    size = x.shape[1]
-    shifts = gen.uniform([2, tf.shape(x)[0]], 0, 2 * pad + 1, dtype=tf.int32)
-    return crop(pad_reflect(x, pad), shifts[0], shifts[1], size)
+    return shift(x, pad, translate_draws(gen, tf.shape(x)[0], pad))
+
+
+def translate_draws(gen: tf.random.Generator, n, pad: int) -> tf.Tensor:
+    """The random numbers of :func:`random_translate` for ``n`` images: int32 ``(2, n)`` in 0..2*pad."""
+    return gen.uniform([2, n], 0, 2 * pad + 1, dtype=tf.int32)
+
+
+def shift(x: tf.Tensor, pad: int, draws: tf.Tensor) -> tf.Tensor:
+    """:func:`random_translate` with its random numbers given (``draws`` from :func:`translate_draws`)."""
+    return crop(pad_reflect(x, pad), draws[0], draws[1], x.shape[1])
 
 
 def translate(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:

@@ -28,13 +28,14 @@ The fast loop (``training.fast``, recipes ``fast`` and ``quick``) writes the sam
 :func:`write`: the model's weights (batch-norm statistics included), its hand-written optimizer's
 momentum buffers as extra arrays, and a state with the epoch and step (the step counter drives
 the learning-rate schedule), the history, and its shuffle and augmentation generators. It
-checkpoints at every epoch end and on a signal (not every N steps), and since it owns its loop
-a signal's checkpoint resumes at the very next step, with the same batches as an unbroken run.
+checkpoints at every epoch end, every ``every_steps`` steps and on a signal, and since it owns its
+loop a mid-epoch checkpoint resumes at the very next step, with the same batches as an unbroken run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
@@ -154,19 +155,11 @@ def write(run_dir: str | Path, model, state: dict, arrays: dict[str, np.ndarray]
 
     ``previous`` is the state of the checkpoint on disk, named in the error should the write fail.
     """
-    import h5py
-
     target = path(run_dir)
+    data = _checkpoint_bytes(model, state, arrays)  # in memory: HDF5 itself never meets a full disk
     try:
         with atomic_path(target, suffix=".weights.h5") as tmp:
-            try:
-                _save_weights(model, tmp)
-                with h5py.File(tmp, "a") as f:
-                    f.attrs[STATE_ATTR] = json.dumps(state)
-                    for name, value in (arrays or {}).items():
-                        f.create_dataset(f"{ARRAYS_GROUP}/{name}", data=value)
-            except (RuntimeError, ValueError) as e:  # h5py reports some I/O failures this way
-                raise OSError(str(e)) from None
+            _write_bytes(data, tmp)
     except (CifarlabError, OSError) as e:
         detail = str(e).removeprefix(f"cannot write {target}: ")
         kept = (f"the previous checkpoint ({where(previous)}) is intact"
@@ -218,9 +211,35 @@ def interrupted(stop: StopRequest, last_saved: dict | None, run_dir: str | Path)
                        stop.signum or 15)
 
 
-def _save_weights(model, target: Path) -> None:
+class _NamedBuffer(io.BytesIO):
+    """An in-memory file that Keras' ``save_weights`` accepts (it checks that the name ends in .weights.h5)."""
+
+    def __str__(self) -> str:
+        return "checkpoint.weights.h5"
+
+
+def _checkpoint_bytes(model, state: dict, arrays: dict[str, np.ndarray] | None) -> bytes:
+    """The whole checkpoint file: ``model``'s weights in Keras' .weights.h5 format plus ``state`` and ``arrays``.
+
+    Built in memory because HDF5 writing straight to a full disk fails messily: a multi-line
+    error, and at exit a crash (SIGSEGV) when it retries flushing the file it could not close.
+    """
+    import h5py
+    from keras.src.saving import saving_lib
+
+    buf = _NamedBuffer()
+    saving_lib.save_weights_only(model, buf)
+    with h5py.File(buf, "a") as f:
+        f.attrs[STATE_ATTR] = json.dumps(state)
+        for name, value in (arrays or {}).items():
+            f.create_dataset(f"{ARRAYS_GROUP}/{name}", data=value)
+    return buf.getvalue()
+
+
+def _write_bytes(data: bytes, target: Path) -> None:
     # Separate function so tests can inject a write failure (a full disk) here.
-    model.save_weights(target, overwrite=True)
+    with open(target, "wb") as f:
+        f.write(data)
 
 
 def _rng_state() -> dict:

@@ -18,6 +18,7 @@ in float32 from logits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -65,11 +66,19 @@ class FastTrainer:
     """Train ``model`` (from :mod:`cifarlab.models.fast`) on uint8 images by ``recipe``.
 
     ``x_train`` uint8 ``(N, 32, 32, 3)``, ``y_train`` int ``(N,)``. Call :meth:`fit`,
-    then :meth:`predict` / :meth:`predict_tta` for float32 probabilities.
+    then :meth:`predict` / :meth:`predict_tta` for float32 probabilities. With a ``placement``
+    (``training.distribute.Placement``) other than one device, ``model`` built under its scope,
+    each step trains data-parallel under its strategy (:meth:`_distributed_step`).
     """
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
-                 forward: str = "ops"):
+                 forward: str = "ops", placement=None):
+        from cifarlab.errors import CifarlabError
+
+        # placement (training.distribute.Placement): None or "default" is the one-device loop;
+        # otherwise ``model`` must have been built under ``placement.scope()``.
+        self.placement = placement if placement is not None and placement.kind != "default" else None
+        self.strategy = self.placement.strategy if self.placement else None
         self.model = model
         self.forward = forward
         self.recipe = recipe
@@ -77,6 +86,10 @@ class FastTrainer:
         self.net = logits_model(model)
         n = len(y_train)
         self.batch_size = min(recipe.batch_size, n)
+        replicas = self.placement.replicas if self.placement else 1
+        if self.batch_size % replicas:
+            raise CifarlabError(f"the batch of {self.batch_size} images does not split evenly over {replicas} "
+                                f"replicas; choose a --batch-size that is a multiple of {replicas}")
         self.steps_per_epoch = n // self.batch_size
         self.rng = np.random.default_rng(seed)
         if recipe.whiten_init_images:
@@ -84,7 +97,7 @@ class FastTrainer:
             init_whitening(model, x_train[np.sort(sample)])
         self.x = tf.constant(x_train, dtype=tf.uint8)
         self.y = tf.constant(y_train, dtype=tf.int32)
-        self.gen = tf.random.Generator.from_seed(seed)
+        self.gen = tf.random.Generator.from_seed(seed)  # outside any strategy: one stream, as on one device
         self.flip_bits = tf.constant(self.rng.integers(0, 2, n).astype(bool))
 
         # Parameter groups: the whitening kernel is fixed by its initialisation;
@@ -107,31 +120,59 @@ class FastTrainer:
         self.bn_momentum = {v.path: layer.momentum for layer in model.layers
                             if isinstance(layer, keras.layers.BatchNormalization)
                             for v in (layer.moving_mean, layer.moving_variance)}
-        self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():  # mirrored under a strategy
+            self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
+            self.loss_sum = tf.Variable(0.0, trainable=False)
+            self.correct = tf.Variable(0.0, trainable=False)
+            self.seen = tf.Variable(0.0, trainable=False)
+            self.stop_votes = tf.Variable(0.0, trainable=False)  # workers that saw a signal (multi-worker)
         # Lookahead's slow copy covers everything a forward pass reads that training changes,
         # the batch-norm running statistics included (airbench averages its whole state).
+        if recipe.lookahead_every and self.strategy:
+            raise CifarlabError("the fast loop's lookahead trains on one device only; "
+                                "set lookahead_every=0 to train distributed")
         self.averaged = self.vars + [v for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
                                      for v in (layer.moving_mean, layer.moving_variance)]
         self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
                      if recipe.lookahead_every else [])
         self.slow_on = False
-        self.loss_sum = tf.Variable(0.0, trainable=False)
-        self.correct = tf.Variable(0.0, trainable=False)
-        self.seen = tf.Variable(0.0, trainable=False)
         jit = bool(recipe.jit_compile)
-        self._step = tf.function(self._train_step, jit_compile=jit)
+        if self.strategy is None:
+            self._step = tf.function(self._train_step, jit_compile=jit)
+        elif forward != "ops":  # Keras' batch-norm layers would update mirrored statistics per replica
+            raise CifarlabError("the fast loop trains distributed only with forward='ops'")
+        else:  # no XLA: a strategy's replica function and merge call do not compile as one cluster
+            self._step = tf.function(self._distributed_step)
         self._logits = tf.function(self._eval_logits, jit_compile=jit)
         self._lookahead = tf.function(self._lookahead_step)
 
     # -- the compiled parts -------------------------------------------------------------------
 
-    def _augment(self, xb, flips, epoch):
+    def _draws(self, n):
+        """The random numbers of ``n`` images' augmentation: (random flips int32 ``(n,)`` or None,
+        translations int32 ``(2, n)`` or None), drawn from ``self.gen`` in that order."""
+        r = self.recipe
+        flips = self.gen.uniform([n], 0, 2, dtype=tf.int32) if r.flip == "random" else None
+        shifts = augment.translate_draws(self.gen, n, r.translate) if r.translate else None
+        return flips, shifts
+
+    def _augment(self, xb, flips, epoch, draws):
         r = self.recipe
         if r.flip == "alternating":
             xb = augment.flip_where(xb, augment.alternating_flip(flips, epoch))
         elif r.flip == "random":
-            xb = augment.flip_where(xb, self.gen.uniform([tf.shape(xb)[0]], 0, 2, dtype=tf.int32) == 1)
-        return augment.random_translate(xb, r.translate, self.gen)
+            xb = augment.flip_where(xb, draws[0] == 1)
+        return augment.shift(xb, r.translate, draws[1]) if r.translate else xb
+
+    def _update_var(self, k, v, g, buf, lr, whiten_bias_on):
+        """The hand-written step of variable ``k`` (``v``, its momentum ``buf``, gradient ``g``): Muon or Nesterov SGD."""
+        r = self.recipe
+        if self.is_muon[k]:
+            return self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.muon_lr / r.learning_rate))
+        step_lr = lr * self.lr_mult[k] * (whiten_bias_on if self.is_whiten_bias[k] else 1.0)
+        g = tf.cast(g, tf.float32) + self.wd[k] * v  # weight decay through the momentum, as airbench's SGD does
+        buf.assign(r.momentum * buf + g)
+        v.assign_sub(step_lr * (g + r.momentum * buf) if r.nesterov else step_lr * buf)
 
     def _loss(self, logits, yb):
         eps = self.recipe.label_smoothing
@@ -140,23 +181,15 @@ class FastTrainer:
         return -tf.reduce_mean(tf.reduce_sum(target * logp, axis=1))
 
     def _train_step(self, idx, epoch, lr, whiten_bias_on):
-        r = self.recipe
-        xb = self._augment(tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), epoch)
+        xb = self._augment(tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), epoch,
+                           self._draws(tf.shape(idx)[0]))
         yb = tf.gather(self.y, idx)
         with tf.GradientTape() as tape:
             logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
             loss = self._loss(logits, yb)
         grads = tape.gradient(loss, self.vars)
-        mu = r.momentum
-        for v, g, buf, mult, wd, wb, muon in zip(self.vars, grads, self.bufs, self.lr_mult, self.wd,
-                                                 self.is_whiten_bias, self.is_muon):
-            if muon:
-                self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.muon_lr / r.learning_rate))
-                continue
-            step_lr = lr * mult * (whiten_bias_on if wb else 1.0)
-            g = tf.cast(g, tf.float32) + wd * v  # weight decay through the momentum, as airbench's SGD does
-            buf.assign(mu * buf + g)
-            v.assign_sub(step_lr * (g + mu * buf) if r.nesterov else step_lr * buf)
+        for k, (v, g, buf) in enumerate(zip(self.vars, grads, self.bufs)):
+            self._update_var(k, v, g, buf, lr, whiten_bias_on)
         n = tf.cast(tf.shape(yb)[0], tf.float32)
         self.loss_sum.assign_add(loss * n)
         self.correct.assign_add(tf.reduce_sum(tf.cast(tf.argmax(logits, 1, output_type=tf.int32) == yb, tf.float32)))
@@ -182,13 +215,67 @@ class FastTrainer:
             m = tf.matmul(x, x, transpose_b=True)
             x = a * x + tf.matmul(b * m + c * tf.matmul(m, m), x)
         update = tf.reshape(tf.transpose(tf.cast(x, tf.float32)), v.shape)
-        v.assign(v * (math.sqrt(c_out) / tf.norm(v)) - lr * update)
+        return v.assign(v * (math.sqrt(c_out) / tf.norm(v)) - lr * update)
 
     def _lookahead_step(self, rho):
         """Move the slow weights ``1 - rho`` of the way to the fast ones, then reset the fast ones to them."""
         for v, slow in zip(self.averaged, self.slow):
             slow.assign(slow + (1.0 - rho) * (tf.cast(v, tf.float32) - slow))
             v.assign(tf.cast(slow, v.dtype))
+
+    # -- the same step under a tf.distribute strategy ----------------------------------------
+
+    def _distributed_step(self, idx, epoch, lr, whiten_bias_on, stop_flag=0.0):
+        """One step of the global batch ``idx`` split over the strategy's replicas.
+
+        Each worker gathers the whole global batch and draws its augmentation from its own copy
+        of ``self.gen`` (the same seed and state on every worker), so replica ``i`` trains on
+        exactly its share of what one device would; each replica's batch-norm statistics are its
+        own. ``stop_flag`` (1.0: this worker saw a signal) is summed with everything else, so all
+        workers learn of a signal at the same step.
+        """
+        xb, flips, yb = tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), tf.gather(self.y, idx)
+        draws = self._draws(tf.shape(idx)[0])
+        self.strategy.run(self._replica_step, args=(xb, flips, yb, draws, epoch, lr, whiten_bias_on,
+                                                    tf.cast(stop_flag, tf.float32)))
+
+    def _replica_step(self, xb, flips, yb, draws, epoch, lr, whiten_bias_on, stop_flag):
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        n = self.batch_size // replicas
+        mine = slice(ctx.replica_id_in_sync_group * n, (ctx.replica_id_in_sync_group + 1) * n)
+        draws = tuple(None if d is None else d[..., mine] for d in draws)
+        xb = self._augment(xb[mine], flips[mine], epoch, draws)
+        yb = yb[mine]
+        with tf.GradientTape() as tape:
+            logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
+            loss = self._loss(logits, yb)  # the mean over this replica's share
+        grads = [tf.cast(g, tf.float32) for g in tape.gradient(loss, self.vars)]
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1, output_type=tf.int32) == yb, tf.float32))
+        counts = tf.stack([loss * n, correct, float(n), stop_flag])
+        # One all-reduce (summed) for the gradients, the batch-norm statistics and the counts; equal
+        # shares make the mean over replicas the gradient of the global batch's mean loss.
+        grads, stats, counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, (grads, [u[1] for u in updates], counts))
+        grads = [g / replicas for g in grads]
+        stats = [s / replicas for s in stats]
+        self._bn_vars = [u[0] for u in updates]  # the same list on every replica
+        ctx.merge_call(self._apply_everywhere, args=(grads, stats, counts, lr, whiten_bias_on))
+
+    def _apply_everywhere(self, strategy, grads, stats, counts, lr, whiten_bias_on):
+        """Cross-replica: the same update, from the same all-reduced values, on every replica's copy."""
+        ext = strategy.extended
+
+        def sgd(k):
+            return lambda v, g, buf, lr, wb: self._update_var(k, v, g, buf, lr, wb)
+
+        for k, (v, g, buf) in enumerate(zip(self.vars, grads, self.bufs)):
+            ext.update(v.value, sgd(k), args=(g, buf, lr, whiten_bias_on), group=False)
+        for var, value in zip(self._bn_vars, stats):
+            m = self.bn_momentum[var.path]
+            ext.update(var.value, lambda v, x, m=m: v.assign(v * m + x * (1 - m)), args=(value,), group=False)
+        for j, total in enumerate((self.loss_sum, self.correct, self.seen)):
+            ext.update(total, lambda v, c, j=j: v.assign_add(c[j]), args=(counts,), group=False)
+        ext.update(self.stop_votes, lambda v, c: v.assign(c[3]), args=(counts,), group=False)
 
     def _eval_logits(self, xb):
         return self._run(tf.cast(xb, tf.float32), training=False)[0]
@@ -277,7 +364,7 @@ class FastTrainer:
 
     def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
-            run_dir=None, stop=None, progress: bool = False) -> FastResult:
+            run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
@@ -285,8 +372,10 @@ class FastTrainer:
         the clock stops while evaluating. The in-epoch evaluations stop once the
         accuracy reaches ``eval_every_until``.
 
-        With ``run_dir``, the whole training state is checkpointed there at every epoch end
-        (:mod:`cifarlab.training.checkpoint`) and a checkpoint found there is resumed. With
+        With ``run_dir``, the whole training state is checkpointed there at every epoch end and
+        every ``checkpoint_every`` steps within an epoch (None: ``checkpoint.DEFAULT_EVERY_STEPS``;
+        0: epoch ends only) (:mod:`cifarlab.training.checkpoint`), and a checkpoint found there is
+        resumed, mid-epoch ones at the very next step. With
         ``stop`` (an active ``StopRequest``) a signal ends training after the step in progress
         with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
         A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
@@ -306,12 +395,21 @@ class FastTrainer:
             res.history = list(last_saved["history"])
             checkpoint.resuming_notice(last_saved)
         step = start_epoch * self.steps_per_epoch + start_step  # drives the lr schedule
+        every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
+        every = every if run_dir is not None else 0
         steps_here = 0
+
+        agree = self.placement is not None and self.placement.kind == "multiworker"
+        stopping = False
+
+        def asked() -> bool:
+            return stop is not None and stop.requested
 
         def save(epochs_done, step_in_epoch, epoch_rng):
             nonlocal last_saved
             state = self._state(epochs_done, step_in_epoch, epoch_rng, res.history)
-            checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
+            if self.placement is None or self.placement.is_chief:  # the others only keep track
+                checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
             last_saved = state
 
         def log_eval(epoch_float):
@@ -335,7 +433,12 @@ class FastTrainer:
             for s in range(first, self.steps_per_epoch):
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
-                self._step(idx, ep, tf.constant(lr, tf.float32), wb)
+                if agree:  # the step sums every worker's signal flag; each reads the same total
+                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, tf.constant(float(asked()), tf.float32))
+                    stopping = bool(self.stop_votes.numpy() > 0)  # a host sync per step, multi-worker only
+                else:
+                    self._step(idx, ep, tf.constant(lr, tf.float32), wb)
+                    stopping = asked()
                 if bar is not None:
                     bar.update(s + 1)
                 step += 1
@@ -348,10 +451,15 @@ class FastTrainer:
                     else:
                         rho = r.lookahead_decay ** r.lookahead_every * (step / total) ** r.lookahead_power
                         self._lookahead(tf.constant(rho, tf.float32))
-                if stop is not None and stop.requested and s + 1 < self.steps_per_epoch:
+                if stopping and s + 1 < self.steps_per_epoch:
                     if run_dir is not None:
                         save(epoch, s + 1, epoch_rng)
                     raise checkpoint.interrupted(stop, last_saved, run_dir)
+                if every and (s + 1) % every == 0 and s + 1 < self.steps_per_epoch:
+                    self.seen.numpy()  # the checkpoint's own host sync, only when one is due
+                    clock += time.perf_counter() - t0  # the clock stops while writing, as while evaluating
+                    save(epoch, s + 1, epoch_rng)
+                    t0 = time.perf_counter()
                 reached = res.evals and res.evals[-1].accuracy >= eval_every_until
                 if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
                     self.seen.numpy()  # wait for the step to finish before reading the clock
@@ -379,7 +487,7 @@ class FastTrainer:
                 save(epoch + 1, 0, self.rng.bit_generator.state)
             if on_epoch:
                 on_epoch(row)
-            if stop is not None and stop.requested:
+            if stopping if agree else asked():  # multi-worker: as agreed at the epoch's last step
                 raise checkpoint.interrupted(stop, last_saved, run_dir)
         res.train_seconds = clock
         res.steps = step
@@ -497,7 +605,7 @@ def model_flops(model: keras.Model) -> int:
     return int(flops)
 
 
-def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None):
     """Train by the fast loop and write the rest of the run directory (called by ``training.train``).
 
     ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
@@ -512,15 +620,18 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.fileio import write_json, write_text
     from cifarlab.models.io import save_model
-    from cifarlab.training import checkpoint
+    from cifarlab.training import checkpoint, distribute
     from cifarlab.training.signals import StopRequest
     from cifarlab.training.train import Run, write_run_plots
 
-    model = spec.build(num_classes=data.num_classes)
-    trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed)
+    distributed = placement is not None and placement.kind != "default"
+    with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
+        model = spec.build(num_classes=data.num_classes)
+    trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed, placement=placement)
+    quiet = cfg.quiet or (distributed and not placement.is_chief)  # the chief reports for all workers
 
     def report(row):
-        if not cfg.quiet:
+        if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
             left = (recipe.epochs - row["epoch"]) * row["seconds"]
             eta = f", about {left / 60:.1f} min to go" if left else ""
@@ -529,8 +640,10 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
 
     with StopRequest() as stop:
         result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
-                             progress=not cfg.quiet and sys.stdout.isatty())
+                             progress=not quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
     history = pd.DataFrame(result.history)
+    if distributed and not placement.is_chief:  # the chief evaluates and writes the run directory
+        return Run(out, model, history, {}, config)
     t0 = time.perf_counter()
     probs = trainer.predict(data.x_test)
     eval_seconds = time.perf_counter() - t0
@@ -551,6 +664,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict):
         metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
                        val_loss=float(history["val_loss"].iloc[-1]))
 
+    if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
+        model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
     save_model(model, out / "model.keras", {
         "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
         "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",

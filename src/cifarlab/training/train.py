@@ -83,11 +83,6 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     model_name = spec.name
     placement = distribute.setup(cfg.strategy, cfg.devices)  # first: it configures TensorFlow's devices
     placement.check_batch(recipe.batch_size)
-    if recipe.trainer == "fast" and placement.kind != "default":
-        # The compiled fast loop runs on one device; silently training on one while the user
-        # asked for several would be worse than saying so.
-        raise CifarlabError(f"the {recipe.name} recipe trains on one device and cannot use "
-                            f"{placement.describe()}; use --recipe seed to train distributed (docs/scaling.md)")
     checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
@@ -155,7 +150,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     if recipe.trainer == "fast":  # the compiled custom loop of the fast/quick recipes
         from cifarlab.training.fast import train_in
 
-        return train_in(out, cfg, recipe, spec, data, precision, config)
+        return train_in(out, cfg, recipe, spec, data, precision, config, placement)
 
     with placement.scope():
         model = spec.build(num_classes=data.num_classes)
