@@ -271,13 +271,13 @@ def main():
     # Most telling first, in case the session ends early: fast seed 0 (with its time to 65 %),
     # the seed baseline, quick, then the other fast seeds and the pipeline check.
     plan = [("peak", ())] if "peak" in only else []
-    fast = [("fast", ("--seed", str(s)) + (("--progress", "5") if s == 0 else ())) for s in range(args.seeds)]
+    fast = [("fast", ("--seed", str(s)) + (("--progress", "2") if s == 0 else ())) for s in range(args.seeds)]
     if "fast" in only:
         plan += fast[:1]
     if "seed" in only:
         plan.append(("seed", ()))
     if "quick" in only:
-        plan.append(("quick", ("--progress", "10")))
+        plan.append(("quick", ("--progress", "2")))
     if "fast" in only:
         plan += fast[1:]
     if "pipeline" in only:

@@ -98,7 +98,11 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     name="quick",
     model="quick",
-    description="the fast recipe on the small quick net, 4 epochs (about a minute on 2 cores): demos, tests",
-    epochs=4,
-    **_MUON,
+    description="the fast recipe on the small quick net, 8 epochs (under 2 minutes on 2 cores): demos, tests",
+    epochs=8,  # 86.5 % TTA in 102 s of training + 5 s of TTA on 2 cores (5 epochs: 84.3 %)
+    **{**_MUON,
+       # Half fast's batch: the same time per epoch on this small net, twice the steps, so it
+       # is at 65 % after 2 epochs instead of 4 (86.5 against 86.2 % at the end) ...
+       "batch_size": 1000,
+       "learning_rate": 0.83},  # ... and the SGD rate scaled with it, as airbench's per-example rate is
 ))
