@@ -258,8 +258,9 @@ def main():
                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                            "cpu": _cpu_name(), "gpus": [g.name for g in tf.config.list_physical_devices("GPU")],
                            "tensorflow": tf.__version__},
-               "note": "2 CPU cores shared with 3 other engineers; heavy runs serialised by a lock, light ones "
-                       "(tests, builds) not; see load_average_* per run",
+               "note": ("2 CPU cores; " + ("no lock taken: nothing else should run meanwhile" if args.no_lock else
+                                          "heavy runs of others serialised by a lock, light ones (tests) not")
+                        + "; a load average of about 2 is the run itself (see load_average_* per run)"),
                "runs": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
