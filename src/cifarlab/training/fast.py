@@ -545,8 +545,9 @@ def _in_float32(fn, dfn):
 
     On this CPU TensorFlow's element-wise kernels are 2-3x slower in bfloat16 than in float32,
     and autodiff through ``tf.nn.gelu``'s composite ops makes several more passes over the
-    tensor: computed this way GELU costs 0.74x and SiLU 0.38x of ``tf.nn.gelu`` in bfloat16
-    (forward + backward, casts included; ``/work/notes``-style micro-benchmark in docs/fast.md).
+    tensor. On one bfloat16 tensor (forward + backward, casts included) this way GELU took 0.74x
+    and SiLU 0.38x the time of ``tf.nn.gelu``; in a whole ``fast`` step the GELU gain vanished
+    (731 images/s either way) and SiLU gave 795 (benchmarks/RESULTS.md, design runs).
     ``fn(x)`` and ``dfn(x)`` (its derivative) take float32.
     """
     @tf.custom_gradient
