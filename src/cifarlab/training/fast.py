@@ -117,9 +117,9 @@ class FastTrainer:
             raise ValueError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
         # "muon": the 3x3 conv kernels by Muon, biases and the classifier by Nesterov SGD.
         self.is_muon = [recipe.optimizer == "muon" and len(v.shape) == 4 for v in self.vars]
-        self.bn_momentum = {v.path: layer.momentum for layer in model.layers
-                            if isinstance(layer, keras.layers.BatchNormalization)
-                            for v in (layer.moving_mean, layer.moving_variance)}
+        bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        bn_stats = [(v, layer.momentum) for layer in bn_layers for v in (layer.moving_mean, layer.moving_variance)]
+        self.bn_momentum = {v.path: momentum for v, momentum in bn_stats}
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():  # mirrored under a strategy
             self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
             self.loss_sum = tf.Variable(0.0, trainable=False)
@@ -131,8 +131,7 @@ class FastTrainer:
         if recipe.lookahead_every and self.strategy:
             raise CifarlabError("the fast loop's lookahead trains on one device only; "
                                 "set lookahead_every=0 to train distributed")
-        self.averaged = self.vars + [v for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
-                                     for v in (layer.moving_mean, layer.moving_variance)]
+        self.averaged = self.vars + [v for v, _ in bn_stats]
         self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
                      if recipe.lookahead_every else [])
         self.slow_on = False
