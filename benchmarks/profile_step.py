@@ -43,7 +43,7 @@ def main():
     import tensorflow as tf
 
     idx = [tf.constant(np.arange(i * args.batch, (i + 1) * args.batch), tf.int32) for i in range(args.steps + 2)]
-    a = (tf.constant(0), tf.constant(0.1), tf.constant(1.0))
+    a = (tf.constant(0), tf.constant(0.1), True)
     t0 = time.perf_counter()
     tr._step(idx[0], *a)
     tr.seen.numpy()

@@ -181,7 +181,7 @@ def run_pipeline(args) -> dict:
         b = recipe.batch_size
         order = np.random.default_rng(0).permutation(len(d.y_train))
         fixed = tf.constant(np.arange(b), tf.int32)
-        a = (tf.constant(0), tf.constant(0.1), tf.constant(1.0))
+        a = (tf.constant(0), tf.constant(0.1), True)
         times = []
         for s in range(8):
             idx = fixed if label == "fixed_batch" else tf.constant(order[s * b:(s + 1) * b], tf.int32)

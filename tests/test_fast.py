@@ -254,6 +254,31 @@ def test_float32_activations_match_tensorflow_value_and_gradient(name):
     assert y.dtype == tf.bfloat16 and tape.gradient(y, xb).dtype == tf.bfloat16
 
 
+@pytest.mark.parametrize("size, channels", [(3, 8), (7, 256)])
+def test_conv_with_matmul_kernel_gradient_matches_tensorflows(size, channels):
+    """The small-map convolutions compute their kernel gradient as 9 matmuls: same values, same dtypes."""
+    import tensorflow as tf
+
+    from cifarlab.training.fast import _conv2d, _kernel_grad_by_matmul
+
+    assert _kernel_grad_by_matmul(size, channels)
+    x = tf.random.stateless_normal([5, size, size, channels], seed=[1, 2])
+    k = tf.random.stateless_normal([3, 3, channels, 6], seed=[3, 4])
+    dy = tf.random.stateless_normal([5, size, size, 6], seed=[5, 6])  # a loss that weights every output
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, k])
+        ours, theirs = _conv2d(x, k, (1, 1), "SAME"), tf.nn.conv2d(x, k, 1, "SAME")
+        loss_ours, loss_theirs = tf.reduce_sum(ours * dy), tf.reduce_sum(theirs * dy)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(loss_ours, [x, k]), tape.gradient(loss_theirs, [x, k])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    xb, kb = tf.cast(x, tf.bfloat16), tf.cast(k, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch([xb, kb])
+        y = _conv2d(xb, kb, (1, 1), "SAME")
+    assert [g.dtype for g in tape.gradient(y, [xb, kb])] == [tf.bfloat16, tf.bfloat16]
+
+
 def _trainer(slice_data, **changes):
     import keras
 
@@ -304,3 +329,32 @@ def test_lookahead_ends_each_epoch_on_the_slow_weights_and_is_checkpointed(slice
     other._restore(tmp_path, checkpoint.read_state(tmp_path))
     assert other.slow_on
     np.testing.assert_array_equal(np.array(other.slow[0]), np.array(trainer.slow[0]))
+
+
+def test_the_whitening_bias_trains_for_its_epochs_then_stays_put(slice_data):
+    """After ``whiten_bias_epochs`` the step no longer asks for that bias' gradient; the rest still trains."""
+    trainer = _trainer(slice_data, whiten_bias_epochs=1)
+    bias, kernel = trainer.model.get_layer("whiten").bias, trainer.model.get_layer("block1_conv1").kernel
+    start = np.array(bias)
+    seen = []
+    trainer.fit(2, on_epoch=lambda row: seen.append((np.array(bias), np.array(kernel))))
+    (bias1, kernel1), (bias2, kernel2) = seen
+    assert np.abs(bias1 - start).max() > 0  # trained in epoch 1 ...
+    np.testing.assert_array_equal(bias2, bias1)  # ... frozen in epoch 2
+    assert np.abs(kernel2 - kernel1).max() > 0
+
+
+def test_a_fractional_number_of_epochs_stops_part_way_through_the_last(slice_data):
+    trainer = _trainer(slice_data)
+    spe = trainer.steps_per_epoch
+    res = trainer.fit(1.5)
+    assert res.steps == round(1.5 * spe) and len(res.history) == 2
+    assert res.images == res.steps * trainer.batch_size
+
+
+def test_keras_fit_recipes_refuse_a_fractional_number_of_epochs():
+    from cifarlab.registry import get_recipe
+
+    with pytest.raises(ValueError, match="whole epochs"):
+        replace(get_recipe("seed"), epochs=2.5)
+    assert replace(get_recipe("fast"), epochs=8.5).epochs == 8.5

@@ -163,12 +163,21 @@ class FastTrainer:
             xb = augment.flip_where(xb, draws[0] == 1)
         return augment.shift(xb, r.translate, draws[1]) if r.translate else xb
 
-    def _update_var(self, k, v, g, buf, lr, whiten_bias_on):
+    def _trained(self, whiten_bias_on: bool) -> list[int]:
+        """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
+
+        A Python bool, so each value compiles its own step: once the whitening bias is frozen its
+        gradient is not asked for, and TensorFlow drops the backward pass through the first 3x3 conv
+        to its input (24 channels at 31x31, 0.1 s of a 2.1 s step here) that only that gradient needs.
+        """
+        return [k for k in range(len(self.vars)) if whiten_bias_on or not self.is_whiten_bias[k]]
+
+    def _update_var(self, k, v, g, buf, lr):
         """The hand-written step of variable ``k`` (``v``, its momentum ``buf``, gradient ``g``): Muon or Nesterov SGD."""
         r = self.recipe
         if self.is_muon[k]:
             return self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.muon_lr / r.learning_rate))
-        step_lr = lr * self.lr_mult[k] * (whiten_bias_on if self.is_whiten_bias[k] else 1.0)
+        step_lr = lr * self.lr_mult[k]
         g = tf.cast(g, tf.float32) + self.wd[k] * v  # weight decay through the momentum, as airbench's SGD does
         buf.assign(r.momentum * buf + g)
         v.assign_sub(step_lr * (g + r.momentum * buf) if r.nesterov else step_lr * buf)
@@ -186,9 +195,10 @@ class FastTrainer:
         with tf.GradientTape() as tape:
             logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
             loss = self._loss(logits, yb)
-        grads = tape.gradient(loss, self.vars)
-        for k, (v, g, buf) in enumerate(zip(self.vars, grads, self.bufs)):
-            self._update_var(k, v, g, buf, lr, whiten_bias_on)
+        trained = self._trained(whiten_bias_on)
+        grads = tape.gradient(loss, [self.vars[k] for k in trained])
+        for k, g in zip(trained, grads):
+            self._update_var(k, self.vars[k], g, self.bufs[k], lr)
         n = tf.cast(tf.shape(yb)[0], tf.float32)
         self.loss_sum.assign_add(loss * n)
         self.correct.assign_add(tf.reduce_sum(tf.cast(tf.argmax(logits, 1, output_type=tf.int32) == yb, tf.float32)))
@@ -249,7 +259,8 @@ class FastTrainer:
         with tf.GradientTape() as tape:
             logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
             loss = self._loss(logits, yb)  # the mean over this replica's share
-        grads = [tf.cast(g, tf.float32) for g in tape.gradient(loss, self.vars)]
+        trained = self._trained(whiten_bias_on)
+        grads = [tf.cast(g, tf.float32) for g in tape.gradient(loss, [self.vars[k] for k in trained])]
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1, output_type=tf.int32) == yb, tf.float32))
         counts = tf.stack([loss * n, correct, float(n), stop_flag])
         # One all-reduce (summed) for the gradients, the batch-norm statistics and the counts; equal
@@ -258,17 +269,17 @@ class FastTrainer:
         grads = [g / replicas for g in grads]
         stats = [s / replicas for s in stats]
         self._bn_vars = [u[0] for u in updates]  # the same list on every replica
-        ctx.merge_call(self._apply_everywhere, args=(grads, stats, counts, lr, whiten_bias_on))
+        ctx.merge_call(self._apply_everywhere, args=(grads, stats, counts, lr, trained))
 
-    def _apply_everywhere(self, strategy, grads, stats, counts, lr, whiten_bias_on):
+    def _apply_everywhere(self, strategy, grads, stats, counts, lr, trained):
         """Cross-replica: the same update, from the same all-reduced values, on every replica's copy."""
         ext = strategy.extended
 
         def sgd(k):
-            return lambda v, g, buf, lr, wb: self._update_var(k, v, g, buf, lr, wb)
+            return lambda v, g, buf, lr: self._update_var(k, v, g, buf, lr)
 
-        for k, (v, g, buf) in enumerate(zip(self.vars, grads, self.bufs)):
-            ext.update(v.value, sgd(k), args=(g, buf, lr, whiten_bias_on), group=False)
+        for k, g in zip(trained, grads):
+            ext.update(self.vars[k].value, sgd(k), args=(g, self.bufs[k], lr), group=False)
         for var, value in zip(self._bn_vars, stats):
             m = self.bn_momentum[var.path]
             ext.update(var.value, lambda v, x, m=m: v.assign(v * m + x * (1 - m)), args=(value,), group=False)
@@ -299,7 +310,7 @@ class FastTrainer:
             if isinstance(layer, keras.layers.Rescaling):
                 x = x * tf.cast(layer.scale, cd) + tf.cast(layer.offset, cd)
             elif isinstance(layer, keras.layers.Conv2D):
-                x = tf.nn.conv2d(x, tf.cast(layer.kernel, cd), layer.strides, layer.padding.upper())
+                x = _conv2d(x, tf.cast(layer.kernel, cd), layer.strides, layer.padding.upper())
                 if layer.use_bias:
                     x = tf.nn.bias_add(x, tf.cast(layer.bias, cd))
             elif isinstance(layer, keras.layers.MaxPool2D):
@@ -361,10 +372,13 @@ class FastTrainer:
             z = 0.5 * z + 0.5 * np.mean(shifted, axis=0)
         return _softmax(z)
 
-    def fit(self, epochs: int, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
+    def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
             run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
         """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
+
+        ``epochs`` may be fractional (as airbench's 9.9): the schedule spans
+        ``round(epochs * steps_per_epoch)`` steps and the last epoch stops part-way, with a row of its own.
 
         ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
         is measured and logged in ``result.evals`` with the training seconds so far;
@@ -384,7 +398,7 @@ class FastTrainer:
         from cifarlab.training import checkpoint
 
         r = self.recipe
-        total = epochs * self.steps_per_epoch
+        total = max(1, round(epochs * self.steps_per_epoch))
         res = FastResult()
         clock = 0.0
         start_epoch, start_step = 0, 0
@@ -416,7 +430,8 @@ class FastTrainer:
                 acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
                 res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
 
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, math.ceil(total / self.steps_per_epoch)):
+            epoch_steps = min(self.steps_per_epoch, total - epoch * self.steps_per_epoch)
             t_epoch = time.perf_counter()
             epoch_clock = clock
             first = start_step if epoch == start_epoch else 0
@@ -426,10 +441,10 @@ class FastTrainer:
             epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
             order = self.rng.permutation(len(self.flip_bits))
             ep = tf.constant(epoch, tf.int32)
-            wb = tf.constant(1.0 if epoch < r.whiten_bias_epochs else 0.0, tf.float32)
+            wb = epoch < r.whiten_bias_epochs  # a Python bool: see _trained
             t0 = time.perf_counter()
-            bar = keras.utils.Progbar(self.steps_per_epoch, unit_name="step") if progress else None
-            for s in range(first, self.steps_per_epoch):
+            bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
+            for s in range(first, epoch_steps):
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 if agree:  # the step sums every worker's signal flag; each reads the same total
@@ -450,17 +465,17 @@ class FastTrainer:
                     else:
                         rho = r.lookahead_decay ** r.lookahead_every * (step / total) ** r.lookahead_power
                         self._lookahead(tf.constant(rho, tf.float32))
-                if stopping and s + 1 < self.steps_per_epoch:
+                if stopping and s + 1 < epoch_steps:
                     if run_dir is not None:
                         save(epoch, s + 1, epoch_rng)
                     raise checkpoint.interrupted(stop, last_saved, run_dir)
-                if every and (s + 1) % every == 0 and s + 1 < self.steps_per_epoch:
+                if every and (s + 1) % every == 0 and s + 1 < epoch_steps:
                     self.seen.numpy()  # the checkpoint's own host sync, only when one is due
                     clock += time.perf_counter() - t0  # the clock stops while writing, as while evaluating
                     save(epoch, s + 1, epoch_rng)
                     t0 = time.perf_counter()
                 reached = res.evals and res.evals[-1].accuracy >= eval_every_until
-                if eval_every and not reached and step % eval_every == 0 and s + 1 < self.steps_per_epoch:
+                if eval_every and not reached and step % eval_every == 0 and s + 1 < epoch_steps:
                     self.seen.numpy()  # wait for the step to finish before reading the clock
                     clock += time.perf_counter() - t0
                     log_eval(epoch + (s + 1) / self.steps_per_epoch)
@@ -478,7 +493,7 @@ class FastTrainer:
             bad = [k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])]
             if bad:  # before any checkpoint of these weights: the last good one stays on disk
                 raise checkpoint.non_finite(row[bad[0]], f"epoch {epoch + 1}", last_saved, run_dir)
-            log_eval(epoch + 1)
+            log_eval(epoch + epoch_steps / self.steps_per_epoch)
             row["train_seconds"] = round(clock - epoch_clock, 3)
             row["seconds"] = round(time.perf_counter() - t_epoch, 3)
             res.history.append(row)
@@ -539,24 +554,65 @@ class FastTrainer:
         return state["epoch"], state["step"]
 
 
-def _in_float32(fn, dfn):
-    """An element-wise activation computed in float32 whatever the input dtype, with a hand-written gradient.
+def _kernel_grad_by_matmul(size: int, c_in: int) -> bool:
+    """Whether a 3x3 conv on ``size`` x ``size`` maps of ``c_in`` channels gets its kernel gradient by matmuls.
 
-    On this CPU TensorFlow's element-wise kernels are 2-3x slower in bfloat16 than in float32,
-    and autodiff through ``tf.nn.gelu``'s composite ops makes several more passes over the
-    tensor. On one bfloat16 tensor (forward + backward, casts included) this way GELU took 0.74x
-    and SiLU 0.38x the time of ``tf.nn.gelu``; in a whole ``fast`` step the GELU gain vanished
-    (731 images/s either way) and SiLU gave 795 (benchmarks/RESULTS.md, design runs).
+    Measured here (bfloat16, batch 1000-2000, oneDNN's backward-weights op against 9 matmuls):
+    3x3 maps, 128 or 256 channels: 21 -> 10 ms and 74 -> 36 ms; 7x7 maps: 256 channels
+    233 -> 205 ms, but 64 channels 19 -> 34 ms; 15x15 and larger: oneDNN always.
+    """
+    return size <= 3 or (size <= 7 and c_in >= 256)
+
+
+def _conv2d(x, kernel, strides, padding):
+    """``tf.nn.conv2d``; where :func:`_kernel_grad_by_matmul` says so (3x3 "SAME" stride-1 convs on
+    small maps), the kernel's gradient is computed as 9 matmuls instead of oneDNN's backward-weights op.
+
+    ``x`` ``(B, H, W, C_in)``, ``kernel`` ``(3, 3, C_in, C_out)``, same dtype. On this CPU oneDNN's
+    bfloat16 backward-weights convolution runs at half the rate of its forward one; for small maps
+    with many channels, the gradient as ``sum over b, h, w of x_shifted^T dy`` (one matmul per
+    kernel tap, each reducing over B*H*W) is faster.
+    """
+    if (tuple(kernel.shape[:2]) != (3, 3) or padding != "SAME" or tuple(strides) not in ((1, 1), (1,))
+            or x.shape[1] is None or not _kernel_grad_by_matmul(max(x.shape[1], x.shape[2]), x.shape[3])):
+        return tf.nn.conv2d(x, kernel, strides, padding)
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                                strides=[1, 1, 1, 1], padding="SAME")
+            h, w, c_in, c_out = x.shape[1], x.shape[2], x.shape[3], dy.shape[3]
+            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+            dy2 = tf.reshape(dy, [-1, c_out])
+            taps = [tf.matmul(tf.reshape(padded[:, i:i + h, j:j + w, :], [-1, c_in]), dy2, transpose_a=True)
+                    for i in range(3) for j in range(3)]
+            return dx, tf.reshape(tf.stack(taps), [3, 3, c_in, c_out])
+
+        return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+
+    return conv(x, kernel)
+
+
+def _in_float32(fn, dfn):
+    """An element-wise activation computed in float32 whatever the input dtype, with a hand-written
+    gradient, each direction one XLA-fused loop.
+
+    Without fusion every op of a smooth activation is its own pass over the tensor, and on this
+    CPU TensorFlow's element-wise kernels are 2-3x slower in bfloat16 than in float32: GELU took
+    a quarter of a ``fast`` step (731 images/s against 904 with ReLU). XLA compiles the cast,
+    the function and the cast back into one loop each way, while the convolutions stay with
+    oneDNN (XLA's own are 5x slower here). On a (2000, 15, 15, 64) bfloat16 tensor, forward +
+    backward: ReLU 18 ms, SiLU 21 ms, GELU 29 ms; unfused, SiLU 41 and GELU 73 ms.
     ``fn(x)`` and ``dfn(x)`` (its derivative) take float32.
     """
+    forward = tf.function(lambda x: tf.cast(fn(tf.cast(x, tf.float32)), x.dtype), jit_compile=True)
+    backward = tf.function(lambda x, dy: tf.cast(tf.cast(dy, tf.float32) * dfn(tf.cast(x, tf.float32)), x.dtype),
+                           jit_compile=True)
+
     @tf.custom_gradient
     def act(x):
-        xf = tf.cast(x, tf.float32)
-
-        def grad(dy):
-            return tf.cast(tf.cast(dy, tf.float32) * dfn(xf), x.dtype)
-
-        return tf.cast(fn(xf), x.dtype), grad
+        return forward(x), lambda dy: backward(x, dy)
 
     return act
 
@@ -584,6 +640,10 @@ _ACTIVATIONS = {
     "relu": tf.nn.relu,  # already one cheap native op
     "linear": tf.identity,
 }
+
+
+def _whole_or_round(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(x, 2)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -633,9 +693,9 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     def report(row):
         if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
-            left = (recipe.epochs - row["epoch"]) * row["seconds"]
+            left = max(0.0, recipe.epochs - row["epoch"]) * row["seconds"]
             eta = f", about {left / 60:.1f} min to go" if left else ""
-            print(f"epoch {row['epoch']}/{recipe.epochs}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
+            print(f"epoch {row['epoch']}/{recipe.epochs:g}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
                   f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
 
     with StopRequest() as stop:
@@ -656,7 +716,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
         accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
                       f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
         tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
-        epochs=len(history), train_seconds=round(result.train_seconds, 2), eval_seconds=round(eval_seconds, 2),
+        epochs=_whole_or_round(result.steps / trainer.steps_per_epoch), train_seconds=round(result.train_seconds, 2), eval_seconds=round(eval_seconds, 2),
         tta_eval_seconds=round(tta_seconds, 2),
         train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
         precision=precision)

@@ -18,7 +18,7 @@ class Recipe:
     optimizer: str = "adam"  # "adam" | "sgd" | "muon" (fast loop only: Muon for conv kernels, SGD for the rest)
     learning_rate: float = 1e-3
     batch_size: int = 32
-    epochs: int = 15
+    epochs: float = 15  # whole for trainer="fit"; the fast loop also takes a fraction (its last epoch stops part-way)
     # Early stopping: None disables it.
     early_stopping_patience: int | None = None
     monitor: str = "val_loss"
@@ -56,6 +56,10 @@ class Recipe:
     lookahead_start_epoch: int = 0
     lookahead_decay: float = 0.95
     lookahead_power: float = 3.0
+
+    def __post_init__(self):
+        if self.trainer != "fast" and not float(self.epochs).is_integer():
+            raise ValueError(f"recipe {self.name!r}: Keras' fit trains whole epochs, not {self.epochs!r}")
 
     def with_overrides(self, **overrides) -> "Recipe":
         """A copy with the given fields replaced; ``None`` values are ignored."""
