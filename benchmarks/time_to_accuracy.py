@@ -236,7 +236,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default="peak,pipeline,seed,quick,fast")
     ap.add_argument("--limit", type=int, help="train on fewer images (smoke test only)")
-    ap.add_argument("--epochs", type=int, help="override epochs (smoke test only)")
+    ap.add_argument("--epochs", type=float, help="override epochs (smoke test only)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--no-lock", action="store_true", help="do not take the CPU lock (smoke tests on a slice)")
     ap.add_argument("--markdown", action="store_true", help="only rewrite the RESULTS.md table from --out's figures")
