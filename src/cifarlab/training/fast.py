@@ -695,7 +695,9 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
             left = max(0.0, recipe.epochs - row["epoch"]) * row["seconds"]
             eta = f", about {left / 60:.1f} min to go" if left else ""
-            print(f"epoch {row['epoch']}/{recipe.epochs:g}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
+            last = math.ceil(recipe.epochs)
+            part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
+            print(f"epoch {row['epoch']}/{last}{part}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
                   f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
 
     with StopRequest() as stop:
