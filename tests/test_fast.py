@@ -316,7 +316,7 @@ def test_muon_steps_are_orthogonal_and_keep_the_kernel_norm(slice_data):
 def test_lookahead_ends_each_epoch_on_the_slow_weights_and_is_checkpointed(slice_data, tmp_path):
     from cifarlab.training import checkpoint
 
-    trainer = _trainer(slice_data, lookahead_every=2, lookahead_start_epoch=1, epochs=2)
+    trainer = _trainer(slice_data, lookahead_every=2, lookahead_start_epoch=1, epochs=2, ema_decay=0.0)
     trainer.fit(1)
     assert not trainer.slow_on  # not before lookahead_start_epoch
     res = trainer.fit(2, run_dir=tmp_path)  # resumes from nothing: trains both epochs afresh
@@ -358,3 +358,25 @@ def test_keras_fit_recipes_refuse_a_fractional_number_of_epochs():
     with pytest.raises(ValueError, match="whole epochs"):
         replace(get_recipe("seed"), epochs=2.5)
     assert replace(get_recipe("fast"), epochs=8.5).epochs == 8.5
+
+
+def test_weight_averaging_evaluates_the_average_and_leaves_it_in_the_model(slice_data):
+    import tensorflow as tf
+
+    trainer = _trainer(slice_data, ema_decay=0.9)
+    head = trainer.model.get_layer("head").kernel
+    i = next(i for i, v in enumerate(trainer.averaged) if v is head)
+    during = []
+
+    def look(row):  # after the epoch's evaluation: the model holds the trained weights again
+        during.append((np.array(head), np.array(trainer.ema[i])))
+
+    trainer.fit(2, slice_data.x_val, slice_data.y_val, on_epoch=look)
+    for raw, avg in during:
+        assert np.abs(raw - avg).max() > 0  # averaging changed something
+    np.testing.assert_allclose(np.array(head), np.array(trainer.ema[i]))  # the result is the average
+    probs = trainer.predict(slice_data.x_val)  # evaluating now swaps nothing
+    np.testing.assert_allclose(np.array(head), np.array(trainer.ema[i]))
+    assert probs.shape == (len(slice_data.y_val), 10)
+    assert float(trainer.ema_count.numpy()) == 2 * trainer.steps_per_epoch
+    assert isinstance(trainer.ema[i], tf.Variable)

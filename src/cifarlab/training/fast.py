@@ -135,6 +135,11 @@ class FastTrainer:
         self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
                      if recipe.lookahead_every else [])
         self.slow_on = False
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            self.ema = ([tf.Variable(tf.cast(v, tf.float32), trainable=False) for v in self.averaged]
+                        if recipe.ema_decay else [])
+            self.ema_count = tf.Variable(0.0, trainable=False)
+        self.ema_in_model = False  # True once fit() has left the averaged weights in the model
         jit = bool(recipe.jit_compile)
         if self.strategy is None:
             self._step = tf.function(self._train_step, jit_compile=jit)
@@ -205,6 +210,15 @@ class FastTrainer:
         self.seen.assign_add(n)
         for var, value in updates:
             var.assign(var * self.bn_momentum[var.path] + value * (1 - self.bn_momentum[var.path]))
+        if self.ema:
+            t = self.ema_count.assign_add(1.0)
+            for e, v in zip(self.ema, self.averaged):
+                self._ema_mix(e, v, t)
+
+    def _ema_mix(self, e, v, t):
+        """Move the average ``e`` of variable ``v`` toward it, at the ``t``-th update (t >= 1)."""
+        k = tf.minimum(self.recipe.ema_decay, (1.0 + t) / (10.0 + t))
+        return e.assign(k * e + (1.0 - k) * tf.cast(v, tf.float32))
 
     def _muon_update(self, v, g, buf, lr):
         """Muon on one conv kernel ``(kh, kw, c_in, c_out)``: Nesterov momentum, orthogonalised by Newton-Schulz.
@@ -286,6 +300,11 @@ class FastTrainer:
         for j, total in enumerate((self.loss_sum, self.correct, self.seen)):
             ext.update(total, lambda v, c, j=j: v.assign_add(c[j]), args=(counts,), group=False)
         ext.update(self.stop_votes, lambda v, c: v.assign(c[3]), args=(counts,), group=False)
+        if self.ema:  # each replica averages its own (identical) copy
+            ext.update(self.ema_count, lambda c: c.assign_add(1.0), group=False)
+            for e, v in zip(self.ema, self.averaged):
+                ext.update(e, lambda e, v, c: self._ema_mix(e, v, c.read_value()), args=(v, self.ema_count),
+                           group=False)
 
     def _eval_logits(self, xb):
         return self._run(tf.cast(xb, tf.float32), training=False)[0]
@@ -341,15 +360,33 @@ class FastTrainer:
 
     # -- host side ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """Within it the model holds the weight average (``recipe.ema_decay``), if any; after it, what it held."""
+        if not self.ema or self.ema_in_model:
+            yield
+            return
+        held = [v.numpy() for v in self.averaged]
+        for e, v in zip(self.ema, self.averaged):
+            v.assign(tf.cast(e, v.dtype))
+        try:
+            yield
+        finally:
+            for h, v in zip(held, self.averaged):
+                v.assign(h)
+
     def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
-        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored."""
+        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored.
+
+        With ``recipe.ema_decay`` these are the averaged weights' logits."""
         out = []
-        for i in range(0, len(x), EVAL_BATCH):
-            xb = tf.constant(x[i: i + EVAL_BATCH])
-            if flip:
-                xb = tf.reverse(xb, axis=[2])
-            xb = augment.translate(xb, dy, dx)
-            out.append(self._logits(xb).numpy())
+        with self._averaged_weights():
+            for i in range(0, len(x), EVAL_BATCH):
+                xb = tf.constant(x[i: i + EVAL_BATCH])
+                if flip:
+                    xb = tf.reverse(xb, axis=[2])
+                xb = augment.translate(xb, dy, dx)
+                out.append(self._logits(xb).numpy())
         return np.concatenate(out)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -393,11 +430,13 @@ class FastTrainer:
         with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
         A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
         ``progress`` shows a per-epoch progress bar with an ETA (steps only: reading the loss
-        every step would cost a host sync).
+        every step would cost a host sync). With ``recipe.ema_decay`` every evaluation uses the
+        weight average, and the model holds it when ``fit`` returns.
         """
         from cifarlab.training import checkpoint
 
         r = self.recipe
+        self.ema_in_model = False  # training goes on from whatever the model holds
         total = max(1, round(epochs * self.steps_per_epoch))
         res = FastResult()
         clock = 0.0
@@ -503,6 +542,10 @@ class FastTrainer:
                 on_epoch(row)
             if stopping if agree else asked():  # multi-worker: as agreed at the epoch's last step
                 raise checkpoint.interrupted(stop, last_saved, run_dir)
+        if self.ema:  # the run's result is the averaged model
+            for e, v in zip(self.ema, self.averaged):
+                v.assign(tf.cast(e, v.dtype))
+            self.ema_in_model = True
         res.train_seconds = clock
         res.steps = step
         res.images = steps_here * self.batch_size  # trained in this call: a resume starts part-way
@@ -521,7 +564,7 @@ class FastTrainer:
                 "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
                 "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
                 "sums": [float(v.numpy()) for v in (self.loss_sum, self.correct, self.seen)],
-                "lookahead_on": self.slow_on,
+                "lookahead_on": self.slow_on, "ema_count": float(self.ema_count.numpy()),
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -529,6 +572,7 @@ class FastTrainer:
         arrays = {f"momentum_{i:03d}": b.numpy() for i, b in enumerate(self.bufs)}
         if self.slow_on:
             arrays.update({f"slow_{i:03d}": v.numpy() for i, v in enumerate(self.slow)})
+        arrays.update({f"ema_{i:03d}": e.numpy() for i, e in enumerate(self.ema)})
         return arrays
 
     def _restore(self, run_dir, state: dict) -> tuple[int, int]:
@@ -547,6 +591,9 @@ class FastTrainer:
         if self.slow_on:
             for i, v in enumerate(self.slow):
                 v.assign(arrays[f"slow_{i:03d}"])
+        for i, (e, v) in enumerate(zip(self.ema, self.averaged)):  # a checkpoint without them: start afresh
+            e.assign(arrays[f"ema_{i:03d}"] if f"ema_{i:03d}" in arrays else tf.cast(v, tf.float32))
+        self.ema_count.assign(state.get("ema_count", 0.0))
         self.rng.bit_generator.state = state["shuffle_rng"]
         self.gen.state.assign(np.asarray(state["augment_rng"], dtype=self.gen.state.dtype.as_numpy_dtype))
         for v, value in zip((self.loss_sum, self.correct, self.seen), state["sums"]):

@@ -56,6 +56,11 @@ class Recipe:
     lookahead_start_epoch: int = 0
     lookahead_decay: float = 0.95
     lookahead_power: float = 3.0
+    # Weight averaging: evaluation, and the model left at the end, use an exponential moving average
+    # of the weights and batch-norm statistics, updated every step by min(ema_decay, (1 + t) / (10 + t))
+    # at step t (a short memory at first, as TensorFlow's ExponentialMovingAverage). Under a high
+    # learning rate the raw weights are noisy and the average far better early on. 0 turns it off.
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if self.trainer != "fast" and not float(self.epochs).is_integer():
