@@ -360,6 +360,10 @@ class FastTrainer:
 
     # -- host side ----------------------------------------------------------------------------
 
+    def _load_average(self):
+        for e, v in zip(self.ema, self.averaged):
+            v.assign(tf.cast(e, v.dtype))
+
     @contextlib.contextmanager
     def _averaged_weights(self):
         """Within it the model holds the weight average (``recipe.ema_decay``), if any; after it, what it held."""
@@ -367,8 +371,7 @@ class FastTrainer:
             yield
             return
         held = [v.numpy() for v in self.averaged]
-        for e, v in zip(self.ema, self.averaged):
-            v.assign(tf.cast(e, v.dtype))
+        self._load_average()
         try:
             yield
         finally:
@@ -543,8 +546,7 @@ class FastTrainer:
             if stopping if agree else asked():  # multi-worker: as agreed at the epoch's last step
                 raise checkpoint.interrupted(stop, last_saved, run_dir)
         if self.ema:  # the run's result is the averaged model
-            for e, v in zip(self.ema, self.averaged):
-                v.assign(tf.cast(e, v.dtype))
+            self._load_average()
             self.ema_in_model = True
         res.train_seconds = clock
         res.steps = step
