@@ -368,8 +368,12 @@ def test_weight_averaging_evaluates_the_average_and_leaves_it_in_the_model(slice
     i = next(i for i, v in enumerate(trainer.averaged) if v is head)
     during = []
 
-    def look(row):  # after the epoch's evaluation: the model holds the trained weights again
-        during.append((np.array(head), np.array(trainer.ema[i])))
+    def look(row):  # after the epoch's evaluation (and a TTA pass): the model holds the trained weights again
+        raw = np.array(head)
+        trainer.predict_tta(slice_data.x_val[:64])
+        np.testing.assert_array_equal(np.array(head), raw)
+        assert not trainer.ema_in_model
+        during.append((raw, np.array(trainer.ema[i])))
 
     trainer.fit(2, slice_data.x_val, slice_data.y_val, on_epoch=look)
     for raw, avg in during:

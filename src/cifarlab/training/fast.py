@@ -372,11 +372,13 @@ class FastTrainer:
             return
         held = [v.numpy() for v in self.averaged]
         self._load_average()
+        self.ema_in_model = True  # nested uses (predict_tta's passes) swap nothing more
         try:
             yield
         finally:
             for h, v in zip(held, self.averaged):
                 v.assign(h)
+            self.ema_in_model = False
 
     def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
         """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored.
@@ -406,10 +408,11 @@ class FastTrainer:
         mode = self.recipe.tta
         if mode == "none":
             return self.predict(x)
-        z = 0.5 * (self.logits(x) + self.logits(x, flip=True))
-        if mode == "flip_translate":
-            shifted = [self.logits(x, d, d, f) for d in (-1, 1) for f in (False, True)]
-            z = 0.5 * z + 0.5 * np.mean(shifted, axis=0)
+        with self._averaged_weights():  # once for all passes
+            z = 0.5 * (self.logits(x) + self.logits(x, flip=True))
+            if mode == "flip_translate":
+                shifted = [self.logits(x, d, d, f) for d in (-1, 1) for f in (False, True)]
+                z = 0.5 * z + 0.5 * np.mean(shifted, axis=0)
         return _softmax(z)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
