@@ -120,25 +120,24 @@ class FastTrainer:
         bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         bn_stats = [(v, layer.momentum) for layer in bn_layers for v in (layer.moving_mean, layer.moving_variance)]
         self.bn_momentum = {v.path: momentum for v, momentum in bn_stats}
+        # Lookahead's slow copy and the weight average cover everything a forward pass reads that
+        # training changes, the batch-norm running statistics included (airbench averages its whole state).
+        self.averaged = self.vars + [v for v, _ in bn_stats]
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():  # mirrored under a strategy
             self.bufs = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]
             self.loss_sum = tf.Variable(0.0, trainable=False)
             self.correct = tf.Variable(0.0, trainable=False)
             self.seen = tf.Variable(0.0, trainable=False)
             self.stop_votes = tf.Variable(0.0, trainable=False)  # workers that saw a signal (multi-worker)
-        # Lookahead's slow copy covers everything a forward pass reads that training changes,
-        # the batch-norm running statistics included (airbench averages its whole state).
-        if recipe.lookahead_every and self.strategy:
-            raise CifarlabError("the fast loop's lookahead trains on one device only; "
-                                "set lookahead_every=0 to train distributed")
-        self.averaged = self.vars + [v for v, _ in bn_stats]
-        self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
-                     if recipe.lookahead_every else [])
-        self.slow_on = False
-        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
             self.ema = ([tf.Variable(tf.cast(v, tf.float32), trainable=False) for v in self.averaged]
                         if recipe.ema_decay else [])
             self.ema_count = tf.Variable(0.0, trainable=False)
+        if recipe.lookahead_every and self.strategy:
+            raise CifarlabError("the fast loop's lookahead trains on one device only; "
+                                "set lookahead_every=0 to train distributed")
+        self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
+                     if recipe.lookahead_every else [])
+        self.slow_on = False
         self.ema_in_model = False  # True once fit() has left the averaged weights in the model
         jit = bool(recipe.jit_compile)
         if self.strategy is None:
