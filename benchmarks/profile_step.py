@@ -43,17 +43,14 @@ def main():
     import tensorflow as tf
 
     idx = [tf.constant(np.arange(i * args.batch, (i + 1) * args.batch), tf.int32) for i in range(args.steps + 2)]
-    a = (tf.constant(0), tf.constant(0.1), True)
     t0 = time.perf_counter()
-    tr._step(idx[0], *a)
-    tr.seen.numpy()
+    tr.timed_step(idx[0])
     compile_s = time.perf_counter() - t0
-    tr._step(idx[1], *a)
-    tr.seen.numpy()
+    tr.timed_step(idx[1])
     t0 = time.perf_counter()
     c0 = time.process_time()
     for i in range(args.steps):
-        tr._step(idx[2 + i], *a)
+        tr.timed_step(idx[2 + i], wait=False)
     tr.seen.numpy()
     dt = (time.perf_counter() - t0) / args.steps
     cpu = (time.process_time() - c0) / args.steps

@@ -352,6 +352,18 @@ def test_a_fractional_number_of_epochs_stops_part_way_through_the_last(slice_dat
     assert res.images == res.steps * trainer.batch_size
 
 
+def test_a_timed_step_trains_the_images_it_is_given(slice_data):
+    """The benchmarks' single step: it trains (weights and whitening bias move) on exactly its batch."""
+    trainer = _trainer(slice_data)
+    bias, kernel = trainer.model.get_layer("whiten").bias, trainer.model.get_layer("block1_conv1").kernel
+    before = np.array(bias), np.array(kernel)
+    trainer.timed_step(np.arange(128))
+    assert float(trainer.seen.numpy()) == 128
+    trainer.timed_step(np.arange(128, 256), wait=False)
+    assert float(trainer.seen.numpy()) == 256  # reading it waits for the queued step
+    assert np.abs(np.array(bias) - before[0]).max() > 0 and np.abs(np.array(kernel) - before[1]).max() > 0
+
+
 def test_keras_fit_recipes_refuse_a_fractional_number_of_epochs():
     from cifarlab.registry import get_recipe
 

@@ -245,6 +245,19 @@ class FastTrainer:
             slow.assign(slow + (1.0 - rho) * (tf.cast(v, tf.float32) - slow))
             v.assign(tf.cast(slow, v.dtype))
 
+    def timed_step(self, idx, wait: bool = True) -> None:
+        """One training step on the images at ``idx`` (int32 ``(batch,)`` indices into the training set),
+        for benchmarks and profiles that time steps rather than train.
+
+        It is a first-epoch step (whitening bias training) at the recipe's full learning rate. With
+        ``wait`` it returns once the step has run; without, as soon as it is queued, so that a run of
+        steps overlaps as in :meth:`fit` (read ``seen`` to wait for the last one).
+        """
+        self._step(tf.convert_to_tensor(idx, tf.int32), tf.constant(0), tf.constant(self.recipe.learning_rate, tf.float32),
+                   True)
+        if wait:
+            self.seen.numpy()
+
     # -- the same step under a tf.distribute strategy ----------------------------------------
 
     def _distributed_step(self, idx, epoch, lr, whiten_bias_on, stop_flag=0.0):
