@@ -92,8 +92,8 @@ register_recipe(Recipe(
     model="fast",
     description="airbench-style: Muon for conv kernels, Nesterov SGD for the rest, label smoothing, "
                 "flip + translate, TTA; 8.4 epochs",
-    # 90.88 % TTA (3 seeds: 90.80 / 91.08 / 90.76) in 448-465 s of training + TTA on 2 cores; 8 epochs
-    # left ~40 s of the 8-minute budget unused (airbench too trains a fraction: 9.9 epochs).
+    # 90.88 % TTA (3 seeds: 90.80 / 91.08 / 90.76; seeds 3-4: 90.76 / 90.42) in 448-465 s of training + TTA
+    # on 2 cores; 8 epochs left ~40 s of the 8-minute budget unused (airbench too trains a fraction: 9.9 epochs).
     epochs=8.4,
     **_MUON,
 ))
