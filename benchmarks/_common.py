@@ -12,6 +12,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cifarlab.fileio import write_text  # atomic: an interrupted run leaves the old file, never half a new one
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg-binary.tar.gz"
@@ -47,26 +49,19 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600)
             "peak_rss_mib": peak}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` all at once: an interrupted run leaves the old file, never half a new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def record(name: str, figures: dict, table: str) -> Path:
     """Write ``results/NAME.json`` and replace the ``## NAME`` section of RESULTS.md."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = {"benchmark": name, "date": stamp, "machine": machine(), "python": sys.version.split()[0], **figures}
     out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
-    write_atomic(out, json.dumps(figures, indent=2) + "\n")
+    write_text(out, json.dumps(figures, indent=2) + "\n")
     md = HERE / "RESULTS.md"
     text = md.read_text() if md.exists() else "# Benchmark results\n\nEach section is rewritten by its benchmark.\n"
     section = f"## {name}\n\n{stamp}; {figures['machine']}.\n\n{table.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    write_atomic(md, text)
+    write_text(md, text)
     return out
 
 

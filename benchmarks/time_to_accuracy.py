@@ -36,7 +36,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import write_atomic
+from cifarlab.fileio import write_text  # atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg-binary.tar.gz"
@@ -266,7 +266,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
-        write_atomic(out, json.dumps(results, indent=1))
+        write_text(out, json.dumps(results, indent=1))
 
     only = args.only.split(",")
     # Most telling first, in case the session ends early: fast seed 0 (with its time to 65 %),
@@ -369,7 +369,7 @@ def write_markdown(results: dict) -> None:
         text = head + marker + "\n" + "\n".join(lines) + "<!-- /time_to_accuracy -->" + tail
     else:
         text += f"\n{marker}\n" + "\n".join(lines) + "<!-- /time_to_accuracy -->\n"
-    write_atomic(md, text)
+    write_text(md, text)
 
 
 if __name__ == "__main__":

@@ -253,8 +253,8 @@ class FastTrainer:
         ``wait`` it returns once the step has run; without, as soon as it is queued, so that a run of
         steps overlaps as in :meth:`fit` (read ``seen`` to wait for the last one).
         """
-        self._step(tf.convert_to_tensor(idx, tf.int32), tf.constant(0), tf.constant(self.recipe.learning_rate, tf.float32),
-                   True)
+        lr = tf.constant(self.recipe.learning_rate, tf.float32)
+        self._step(tf.convert_to_tensor(idx, tf.int32), tf.constant(0), lr, True)
         if wait:
             self.seen.numpy()
 
