@@ -26,8 +26,6 @@ def main():
     ap.add_argument("--forward", default="ops", choices=("ops", "keras"))
     args = ap.parse_args()
 
-    import keras
-
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training import precision as prec
     from cifarlab.training.fast import FastTrainer, model_flops

@@ -123,7 +123,6 @@ def run_seed(args) -> dict:
 
 def run_recipe(args) -> dict:
     import keras
-    import numpy as np
 
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training import precision
