@@ -1,6 +1,5 @@
 """Data readers over archives and folders the tests build themselves."""
 
-import gzip
 import hashlib
 import http.server
 import os
