@@ -126,7 +126,7 @@ def run_recipe(args) -> dict:
 
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training import precision
-    from cifarlab.training.fast import FastTrainer, model_flops
+    from cifarlab.training.fast import FastTrainer
 
     t_start = time.perf_counter()
     d = _load(args.data, args.limit)
@@ -152,7 +152,7 @@ def run_recipe(args) -> dict:
          "accuracy": h["val_accuracy"]} for i, h in enumerate(res.history)]
     hit = next((e for e in evals if e["accuracy"] >= TARGET), None)
     ips = res.images / res.train_seconds
-    flops = 3 * model_flops(model)  # forward + backward (2x forward) per image
+    flops = trainer.train_flops(res.steps) / res.images  # per image, windows of progressive resizing included
     return {"recipe": recipe.name, "seed": args.seed, "precision": prec, "epochs": recipe.epochs,
             "batch_size": recipe.batch_size, "tta_test_accuracy": tta, "test_accuracy": plain,
             "train_seconds": round(res.train_seconds, 1), "eval_seconds": round(plain_s, 1),

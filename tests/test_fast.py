@@ -352,6 +352,32 @@ def test_a_fractional_number_of_epochs_stops_part_way_through_the_last(slice_dat
     assert res.images == res.steps * trainer.batch_size
 
 
+def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice_data):
+    """``small_crop``: the first ``small_crop_fraction`` of a run trains on random windows of the image, the rest on
+    whole (translated) images; the Keras model, 32x32 in, predicts as before."""
+    import tensorflow as tf
+
+    trainer = _trainer(slice_data, small_crop=24, small_crop_fraction=0.5)
+    spe = trainer.steps_per_epoch
+    half = round(0.5 * spe)
+    assert [trainer._crop_at(s, spe) for s in (0, half - 1, half, spe - 1)] == [24, 24, 0, 0]
+    assert trainer._crop_at(2 * half, 4 * spe) == 24  # a fraction of the run, however long
+    x = slice_data.x_train[:16]
+    flips, corners = trainer._draws(16, 24)
+    out = trainer._augment(tf.constant(x), tf.zeros([16], tf.bool), 0, (flips, corners), 24).numpy()
+    corners = corners.numpy()
+    assert out.shape == (16, 24, 24, 3) and corners.min() >= 0 and corners.max() <= 8
+    assert len({tuple(c) for c in corners.T}) > 1  # the windows move
+    for i, (dy, dx) in enumerate(corners.T):
+        np.testing.assert_array_equal(out[i], x[i, dy:dy + 24, dx:dx + 24])
+    whole = trainer._augment(tf.constant(x), tf.zeros([16], tf.bool), 0, trainer._draws(16))
+    assert whole.shape == (16, 32, 32, 3)
+    res = trainer.fit(1, slice_data.x_val, slice_data.y_val)
+    assert np.isfinite(res.history[0]["loss"]) and res.steps == trainer.steps_per_epoch
+    assert trainer._step.experimental_get_tracing_count() == 2  # one step per size
+    assert trainer.predict(slice_data.x_val).shape == (len(slice_data.y_val), 10)
+
+
 def test_a_timed_step_trains_the_images_it_is_given(slice_data):
     """The benchmarks' single step: it trains (weights and whitening bias move) on exactly its batch."""
     trainer = _trainer(slice_data)

@@ -151,21 +151,34 @@ class FastTrainer:
 
     # -- the compiled parts -------------------------------------------------------------------
 
-    def _draws(self, n):
+    def _draws(self, n, crop: int = 0):
         """The random numbers of ``n`` images' augmentation: (random flips int32 ``(n,)`` or None,
-        translations int32 ``(2, n)`` or None), drawn from ``self.gen`` in that order."""
+        window offsets int32 ``(2, n)`` or None), drawn from ``self.gen`` in that order. The offsets
+        are translations (``recipe.translate``) or, with ``crop``, the corners of ``crop``-pixel windows."""
         r = self.recipe
         flips = self.gen.uniform([n], 0, 2, dtype=tf.int32) if r.flip == "random" else None
-        shifts = augment.translate_draws(self.gen, n, r.translate) if r.translate else None
+        if crop:
+            shifts = self.gen.uniform([2, n], 0, self.x.shape[1] - crop + 1, dtype=tf.int32)
+        else:
+            shifts = augment.translate_draws(self.gen, n, r.translate) if r.translate else None
         return flips, shifts
 
-    def _augment(self, xb, flips, epoch, draws):
+    def _augment(self, xb, flips, epoch, draws, crop: int = 0):
         r = self.recipe
         if r.flip == "alternating":
             xb = augment.flip_where(xb, augment.alternating_flip(flips, epoch))
         elif r.flip == "random":
             xb = augment.flip_where(xb, draws[0] == 1)
+        if crop:
+            return augment.crop(xb, draws[1][0], draws[1][1], crop)
         return augment.shift(xb, r.translate, draws[1]) if r.translate else xb
+
+    def _crop_at(self, step: int, total: int) -> int:
+        """The window size step ``step`` of ``total`` trains on: ``recipe.small_crop`` in the first
+        ``small_crop_fraction`` of the steps (a Python int, so each size compiles its own step), else 0
+        (whole images)."""
+        r = self.recipe
+        return r.small_crop if r.small_crop and step < round(r.small_crop_fraction * total) else 0
 
     def _trained(self, whiten_bias_on: bool) -> list[int]:
         """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
@@ -192,9 +205,9 @@ class FastTrainer:
         target = tf.one_hot(yb, self.num_classes) * (1 - eps) + eps / self.num_classes
         return -tf.reduce_mean(tf.reduce_sum(target * logp, axis=1))
 
-    def _train_step(self, idx, epoch, lr, whiten_bias_on):
+    def _train_step(self, idx, epoch, lr, whiten_bias_on, crop=0):
         xb = self._augment(tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), epoch,
-                           self._draws(tf.shape(idx)[0]))
+                           self._draws(tf.shape(idx)[0], crop), crop)
         yb = tf.gather(self.y, idx)
         with tf.GradientTape() as tape:
             logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
@@ -258,9 +271,17 @@ class FastTrainer:
         if wait:
             self.seen.numpy()
 
+    def train_flops(self, steps: int) -> int:
+        """Multiply-add FLOPs of a whole run of ``steps`` training steps (forward + backward, counted as
+        3 forward passes per image), window sizes of the progressive resizing included."""
+        full = model_flops(self.model, self.x.shape[1])
+        small = model_flops(self.model, self.recipe.small_crop) if self.recipe.small_crop else full
+        n_small = sum(1 for s in range(steps) if self._crop_at(s, steps))
+        return 3 * self.batch_size * (n_small * small + (steps - n_small) * full)
+
     # -- the same step under a tf.distribute strategy ----------------------------------------
 
-    def _distributed_step(self, idx, epoch, lr, whiten_bias_on, stop_flag=0.0):
+    def _distributed_step(self, idx, epoch, lr, whiten_bias_on, stop_flag=0.0, crop=0):
         """One step of the global batch ``idx`` split over the strategy's replicas.
 
         Each worker gathers the whole global batch and draws its augmentation from its own copy
@@ -270,17 +291,17 @@ class FastTrainer:
         workers learn of a signal at the same step.
         """
         xb, flips, yb = tf.gather(self.x, idx), tf.gather(self.flip_bits, idx), tf.gather(self.y, idx)
-        draws = self._draws(tf.shape(idx)[0])
+        draws = self._draws(tf.shape(idx)[0], crop)
         self.strategy.run(self._replica_step, args=(xb, flips, yb, draws, epoch, lr, whiten_bias_on,
-                                                    tf.cast(stop_flag, tf.float32)))
+                                                    tf.cast(stop_flag, tf.float32), crop))
 
-    def _replica_step(self, xb, flips, yb, draws, epoch, lr, whiten_bias_on, stop_flag):
+    def _replica_step(self, xb, flips, yb, draws, epoch, lr, whiten_bias_on, stop_flag, crop=0):
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
         n = self.batch_size // replicas
         mine = slice(ctx.replica_id_in_sync_group * n, (ctx.replica_id_in_sync_group + 1) * n)
         draws = tuple(None if d is None else d[..., mine] for d in draws)
-        xb = self._augment(xb[mine], flips[mine], epoch, draws)
+        xb = self._augment(xb[mine], flips[mine], epoch, draws, crop)
         yb = yb[mine]
         with tf.GradientTape() as tape:
             logits, updates = self._run(tf.cast(xb, tf.float32), training=True)
@@ -505,10 +526,11 @@ class FastTrainer:
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 if agree:  # the step sums every worker's signal flag; each reads the same total
-                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, tf.constant(float(asked()), tf.float32))
+                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, tf.constant(float(asked()), tf.float32),
+                               crop=self._crop_at(step, total))
                     stopping = bool(self.stop_votes.numpy() > 0)  # a host sync per step, multi-worker only
                 else:
-                    self._step(idx, ep, tf.constant(lr, tf.float32), wb)
+                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, crop=self._crop_at(step, total))
                     stopping = asked()
                 if bar is not None:
                     bar.update(s + 1)
@@ -716,14 +738,18 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def model_flops(model: keras.Model) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass of one 32x32 image through the convs and dense layers."""
-    flops = 0
+def model_flops(model: keras.Model, size: int = 32) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass of one ``size`` x ``size`` image through the
+    convs and dense layers (the fast nets are fully convolutional: any size from 8 up goes through)."""
+    flops, h = 0, size
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw, c_in, _ = layer.kernel.shape
-            flops += 2 * h * w * c_out * kh * kw * c_in
+            kh, kw, c_in, c_out = layer.kernel.shape
+            if layer.padding == "valid":
+                h = (h - kh) // layer.strides[0] + 1
+            flops += 2 * h * h * c_out * kh * kw * c_in
+        elif isinstance(layer, keras.layers.MaxPool2D):
+            h = h // layer.pool_size[0]
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * math.prod(layer.kernel.shape)
     return int(flops)
