@@ -353,15 +353,20 @@ def test_a_fractional_number_of_epochs_stops_part_way_through_the_last(slice_dat
 
 
 def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice_data):
-    """``small_crop``: the first ``small_crop_fraction`` of a run trains on random windows of the image, the rest on
-    whole (translated) images; the Keras model, 32x32 in, predicts as before."""
+    """``crops``: the first part of a run trains on random windows of the images, growing, the rest on whole
+    (translated) images; the Keras model, 32x32 in, predicts as before."""
     import tensorflow as tf
 
-    trainer = _trainer(slice_data, small_crop=24, small_crop_fraction=0.5)
+    trainer = _trainer(slice_data, crops=((24, 0.25), (28, 0.5)))
     spe = trainer.steps_per_epoch
-    half = round(0.5 * spe)
-    assert [trainer._crop_at(s, spe) for s in (0, half - 1, half, spe - 1)] == [24, 24, 0, 0]
-    assert trainer._crop_at(2 * half, 4 * spe) == 24  # a fraction of the run, however long
+    q, half = round(0.25 * spe), round(0.5 * spe)
+    assert [trainer._crop_at(s, spe) for s in (0, q - 1, q, half - 1, half, spe - 1)] == [24, 24, 28, 28, 0, 0]
+    assert [trainer._crop_at(s, 4 * spe) for s in (spe - 1, spe)] == [24, 28]  # fractions of the run, however long
+    from cifarlab.training.fast import model_flops
+
+    flops = [model_flops(trainer.model, size) for size in (24, 28, 32)]
+    assert flops[0] < flops[1] < flops[2]
+    assert trainer.train_flops(spe) == 3 * 128 * (q * flops[0] + (half - q) * flops[1] + (spe - half) * flops[2])
     x = slice_data.x_train[:16]
     flips, corners = trainer._draws(16, 24)
     out = trainer._augment(tf.constant(x), tf.zeros([16], tf.bool), 0, (flips, corners), 24).numpy()
@@ -374,7 +379,7 @@ def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice
     assert whole.shape == (16, 32, 32, 3)
     res = trainer.fit(1, slice_data.x_val, slice_data.y_val)
     assert np.isfinite(res.history[0]["loss"]) and res.steps == trainer.steps_per_epoch
-    assert trainer._step.experimental_get_tracing_count() == 2  # one step per size
+    assert trainer._step.experimental_get_tracing_count() == 3  # one step per size
     assert trainer.predict(slice_data.x_val).shape == (len(slice_data.y_val), 10)
 
 

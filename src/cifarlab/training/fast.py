@@ -174,11 +174,9 @@ class FastTrainer:
         return augment.shift(xb, r.translate, draws[1]) if r.translate else xb
 
     def _crop_at(self, step: int, total: int) -> int:
-        """The window size step ``step`` of ``total`` trains on: ``recipe.small_crop`` in the first
-        ``small_crop_fraction`` of the steps (a Python int, so each size compiles its own step), else 0
-        (whole images)."""
-        r = self.recipe
-        return r.small_crop if r.small_crop and step < round(r.small_crop_fraction * total) else 0
+        """The window size step ``step`` of ``total`` trains on, by ``recipe.crops``, or 0 for whole images
+        (a Python int, so each size compiles its own step)."""
+        return next((size for size, until in self.recipe.crops if step < round(until * total)), 0)
 
     def _trained(self, whiten_bias_on: bool) -> list[int]:
         """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
@@ -274,10 +272,8 @@ class FastTrainer:
     def train_flops(self, steps: int) -> int:
         """Multiply-add FLOPs of a whole run of ``steps`` training steps (forward + backward, counted as
         3 forward passes per image), window sizes of the progressive resizing included."""
-        full = model_flops(self.model, self.x.shape[1])
-        small = model_flops(self.model, self.recipe.small_crop) if self.recipe.small_crop else full
-        n_small = sum(1 for s in range(steps) if self._crop_at(s, steps))
-        return 3 * self.batch_size * (n_small * small + (steps - n_small) * full)
+        sizes = [self._crop_at(s, steps) or self.x.shape[1] for s in range(steps)]
+        return 3 * self.batch_size * sum(model_flops(self.model, size) * sizes.count(size) for size in set(sizes))
 
     # -- the same step under a tf.distribute strategy ----------------------------------------
 

@@ -38,13 +38,12 @@ class Recipe:
     lr_end_factor: float = 1.0  # learning rate at the last step, as a fraction of learning_rate
     translate: int = 0  # random translation by up to this many pixels (reflect padding)
     flip: str = "none"  # "none" | "random" | "alternating" (derandomised: flipped every other epoch)
-    # Progressive resizing (fast loop): the first ``small_crop_fraction`` of the run's steps train on
-    # random ``small_crop`` x ``small_crop`` windows of the (flipped) image instead of translated whole
-    # images; the net is fully convolutional with a global pool, so it takes both sizes, and a
-    # smaller image costs fewer FLOPs per step. A fraction, so that a shorter run (--epochs) still
-    # ends on whole images. 0 turns it off.
-    small_crop: int = 0
-    small_crop_fraction: float = 0.0
+    # Progressive resizing (fast loop): ``((size, until), ...)``, sizes growing, ``until`` a fraction of
+    # the run's steps: until then a step trains on random ``size`` x ``size`` windows of the (flipped)
+    # images instead of translated whole ones; after the last pair, whole images. The net is fully
+    # convolutional with a global pool, so it takes every size, and a smaller image costs fewer FLOPs.
+    # Fractions, so that a shorter run (--epochs) still ends on whole images. () turns it off.
+    crops: tuple = ()
     tta: str = "none"  # test-time augmentation: "none" | "flip" | "flip_translate"
     whiten_init_images: int = 0  # images used to set the whitening layer; 0: no whitening init
     whiten_bias_epochs: int = 0  # epochs during which the whitening layer's bias trains
