@@ -44,6 +44,12 @@ def shift(x: tf.Tensor, pad: int, draws: tf.Tensor) -> tf.Tensor:
     return crop(pad_reflect(x, pad), draws[0], draws[1], x.shape[1])
 
 
+def window_draws(gen: tf.random.Generator, n, size: int, window: int) -> tf.Tensor:
+    """Corners of ``n`` random ``window`` x ``window`` windows of ``size`` x ``size`` images, for
+    :func:`crop`: int32 ``(2, n)`` (rows, columns) in 0..size-window."""
+    return gen.uniform([2, n], 0, size - window + 1, dtype=tf.int32)
+
+
 def translate(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
     """Shift every image by ``(dy, dx)`` pixels (content moves down/right for positive), reflect-padded."""
     p = max(abs(dy), abs(dx))

@@ -158,7 +158,7 @@ class FastTrainer:
         r = self.recipe
         flips = self.gen.uniform([n], 0, 2, dtype=tf.int32) if r.flip == "random" else None
         if crop:
-            shifts = self.gen.uniform([2, n], 0, self.x.shape[1] - crop + 1, dtype=tf.int32)
+            shifts = augment.window_draws(self.gen, n, self.x.shape[1], crop)
         else:
             shifts = augment.translate_draws(self.gen, n, r.translate) if r.translate else None
         return flips, shifts
