@@ -367,6 +367,7 @@ def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice
     flops = [model_flops(trainer.model, size) for size in (24, 28, 32)]
     assert flops[0] < flops[1] < flops[2]
     assert trainer.train_flops(spe) == 3 * 128 * (q * flops[0] + (half - q) * flops[1] + (spe - half) * flops[2])
+    assert trainer.train_flops(half, q, spe) == 3 * 128 * (half - q) * flops[1]  # a stretch of the run
     x = slice_data.x_train[:16]
     flips, corners = trainer._draws(16, 24)
     out = trainer._augment(tf.constant(x), tf.zeros([16], tf.bool), 0, (flips, corners), 24).numpy()

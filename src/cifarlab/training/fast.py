@@ -269,11 +269,14 @@ class FastTrainer:
         if wait:
             self.seen.numpy()
 
-    def train_flops(self, steps: int) -> int:
-        """Multiply-add FLOPs of a whole run of ``steps`` training steps (forward + backward, counted as
-        3 forward passes per image), window sizes of the progressive resizing included."""
-        sizes = [self._crop_at(s, steps) or self.x.shape[1] for s in range(steps)]
-        return 3 * self.batch_size * sum(model_flops(self.model, size) * sizes.count(size) for size in set(sizes))
+    def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
+        """Multiply-add FLOPs of steps ``start`` to ``stop - 1`` of a run of ``total`` steps (default: a
+        whole run of ``stop``), forward + backward counted as 3 forward passes per image, at the window
+        sizes of the progressive resizing."""
+        total = stop if total is None else total
+        sizes = [self._crop_at(s, total) or self.x.shape[1] for s in range(start, stop)]
+        per_image = {size: model_flops(self.model, size) for size in set(sizes)}
+        return 3 * self.batch_size * sum(per_image[size] for size in sizes)
 
     # -- the same step under a tf.distribute strategy ----------------------------------------
 
@@ -779,7 +782,11 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     def report(row):
         if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
-            left = max(0.0, recipe.epochs - row["epoch"]) * row["seconds"]
+            # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.crops) cost less.
+            spe, total = trainer.steps_per_epoch, max(1, round(recipe.epochs * trainer.steps_per_epoch))
+            end = min(row["epoch"] * spe, total)
+            done = trainer.train_flops(end, (row["epoch"] - 1) * spe, total)
+            left = row["seconds"] * trainer.train_flops(total, end, total) / done if done else 0.0
             eta = f", about {left / 60:.1f} min to go" if left else ""
             last = math.ceil(recipe.epochs)
             part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
