@@ -357,13 +357,13 @@ def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice
     (translated) images; the Keras model, 32x32 in, predicts as before."""
     import tensorflow as tf
 
+    from cifarlab.training.fast import model_flops
+
     trainer = _trainer(slice_data, crops=((24, 0.25), (28, 0.5)))
     spe = trainer.steps_per_epoch
     q, half = round(0.25 * spe), round(0.5 * spe)
     assert [trainer._crop_at(s, spe) for s in (0, q - 1, q, half - 1, half, spe - 1)] == [24, 24, 28, 28, 0, 0]
     assert [trainer._crop_at(s, 4 * spe) for s in (spe - 1, spe)] == [24, 28]  # fractions of the run, however long
-    from cifarlab.training.fast import model_flops
-
     flops = [model_flops(trainer.model, size) for size in (24, 28, 32)]
     assert flops[0] < flops[1] < flops[2]
     assert trainer.train_flops(spe) == 3 * 128 * (q * flops[0] + (half - q) * flops[1] + (spe - half) * flops[2])
