@@ -524,12 +524,13 @@ class FastTrainer:
             for s in range(first, epoch_steps):
                 lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
+                crop = self._crop_at(step, total)
                 if agree:  # the step sums every worker's signal flag; each reads the same total
                     self._step(idx, ep, tf.constant(lr, tf.float32), wb, tf.constant(float(asked()), tf.float32),
-                               crop=self._crop_at(step, total))
+                               crop=crop)
                     stopping = bool(self.stop_votes.numpy() > 0)  # a host sync per step, multi-worker only
                 else:
-                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, crop=self._crop_at(step, total))
+                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, crop=crop)
                     stopping = asked()
                 if bar is not None:
                     bar.update(s + 1)
