@@ -26,9 +26,10 @@ def main():
     ap.add_argument("--forward", default="ops", choices=("ops", "keras"))
     args = ap.parse_args()
 
+    from cifarlab.models.fast import model_flops
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training import precision as prec
-    from cifarlab.training.fast import FastTrainer, model_flops
+    from cifarlab.training.fast import FastTrainer
 
     prec.apply(prec.resolve(args.precision))
     recipe = replace(get_recipe(args.recipe), batch_size=args.batch, jit_compile=args.jit, whiten_init_images=0)

@@ -238,19 +238,19 @@ def test_dirac_init_passes_input_channels_through():
 def test_float32_activations_match_tensorflow_value_and_gradient(name):
     import tensorflow as tf
 
-    from cifarlab.training.fast import _ACTIVATIONS
+    from cifarlab.training.ops import ACTIVATIONS
 
     ref = {"gelu": lambda v: tf.nn.gelu(v, approximate=False), "silu": tf.nn.silu}[name]
     x = tf.constant(np.linspace(-6, 6, 997), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        ours, theirs = _ACTIVATIONS[name](x), ref(x)
+        ours, theirs = ACTIVATIONS[name](x), ref(x)
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
     np.testing.assert_allclose(tape.gradient(ours, x), tape.gradient(theirs, x), atol=1e-6)
     xb = tf.cast(x, tf.bfloat16)  # bfloat16 in, bfloat16 out and back
     with tf.GradientTape() as tape:
         tape.watch(xb)
-        y = _ACTIVATIONS[name](xb)
+        y = ACTIVATIONS[name](xb)
     assert y.dtype == tf.bfloat16 and tape.gradient(y, xb).dtype == tf.bfloat16
 
 
@@ -259,15 +259,15 @@ def test_conv_with_matmul_kernel_gradient_matches_tensorflows(size, channels):
     """The small-map convolutions compute their kernel gradient as 9 matmuls: same values, same dtypes."""
     import tensorflow as tf
 
-    from cifarlab.training.fast import _conv2d, _kernel_grad_by_matmul
+    from cifarlab.training.ops import conv2d, kernel_grad_by_matmul
 
-    assert _kernel_grad_by_matmul(size, channels)
+    assert kernel_grad_by_matmul(size, channels)
     x = tf.random.stateless_normal([5, size, size, channels], seed=[1, 2])
     k = tf.random.stateless_normal([3, 3, channels, 6], seed=[3, 4])
     dy = tf.random.stateless_normal([5, size, size, 6], seed=[5, 6])  # a loss that weights every output
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, k])
-        ours, theirs = _conv2d(x, k, (1, 1), "SAME"), tf.nn.conv2d(x, k, 1, "SAME")
+        ours, theirs = conv2d(x, k, (1, 1), "SAME"), tf.nn.conv2d(x, k, 1, "SAME")
         loss_ours, loss_theirs = tf.reduce_sum(ours * dy), tf.reduce_sum(theirs * dy)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     for a, b in zip(tape.gradient(loss_ours, [x, k]), tape.gradient(loss_theirs, [x, k])):
@@ -275,7 +275,7 @@ def test_conv_with_matmul_kernel_gradient_matches_tensorflows(size, channels):
     xb, kb = tf.cast(x, tf.bfloat16), tf.cast(k, tf.bfloat16)
     with tf.GradientTape() as tape:
         tape.watch([xb, kb])
-        y = _conv2d(xb, kb, (1, 1), "SAME")
+        y = conv2d(xb, kb, (1, 1), "SAME")
     assert [g.dtype for g in tape.gradient(y, [xb, kb])] == [tf.bfloat16, tf.bfloat16]
 
 
@@ -357,7 +357,7 @@ def test_progressive_resizing_trains_small_windows_first_then_whole_images(slice
     (translated) images; the Keras model, 32x32 in, predicts as before."""
     import tensorflow as tf
 
-    from cifarlab.training.fast import model_flops
+    from cifarlab.models.fast import model_flops
 
     trainer = _trainer(slice_data, crops=((24, 0.25), (28, 0.5)))
     spe = trainer.steps_per_epoch

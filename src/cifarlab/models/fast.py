@@ -21,6 +21,8 @@ scale-free under BN, a scale would only be a second, redundant learning rate.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 from keras import layers
@@ -89,7 +91,7 @@ def build(num_classes: int = 10, widths=(64, 256, 256), activation: str = "gelu"
 
 
 # SiLU, a smooth activation like airbench's GELU, which it costs less than here. The fast loop
-# computes it as one XLA-fused loop each way (training.fast._in_float32): 4 % of a step over ReLU
+# computes it as one XLA-fused loop each way (training.ops.in_float32): 4 % of a step over ReLU
 # (GELU: 8 %). 8 epochs, seed 0, TTA: SiLU 90.83 %, GELU 90.67 %, ReLU 90.62 % (benchmarks/RESULTS.md).
 FAST_ACTIVATION = "silu"
 # quick keeps ReLU: on its small net SiLU costs 9 % a step and 1 s of XLA compilation in the first
@@ -141,3 +143,20 @@ def init_whitening(model: keras.Model, x: np.ndarray, eps: float = 5e-4 / 16) ->
 def logits_model(model: keras.Model) -> keras.Model:
     """A view of ``model`` (same weights) that returns the float32 logits before softmax."""
     return keras.Model(model.inputs, model.get_layer("logits").output, name=f"{model.name}_logits")
+
+
+def model_flops(model: keras.Model, size: int = 32) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass of one ``size`` x ``size`` image through the
+    convs and dense layers (the fast nets are fully convolutional: any size from 8 up goes through)."""
+    flops, h = 0, size
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            kh, kw, c_in, c_out = layer.kernel.shape
+            if layer.padding == "valid":
+                h = (h - kh) // layer.strides[0] + 1
+            flops += 2 * h * h * c_out * kh * kw * c_in
+        elif isinstance(layer, layers.MaxPool2D):
+            h = h // layer.pool_size[0]
+        elif isinstance(layer, layers.Dense):
+            flops += 2 * math.prod(layer.kernel.shape)
+    return int(flops)
