@@ -189,8 +189,27 @@ def test_a_few_steps_lower_the_loss(name, slice_data):
         tta = trainer.predict_tta(x)
         assert tta.shape == (64, 10)
         np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+        # With a share, the least confident quarter gets exactly the full TTA, the rest the plain pass.
+        trainer.recipe = replace(recipe, tta_share=0.25)
+        part = trainer.predict_tta(x)
+        top2 = np.sort(ours, axis=1)[:, -2:]
+        low = np.argsort(top2[:, 1] - top2[:, 0])[:16]
+        rest = np.setdiff1d(np.arange(64), low)
+        np.testing.assert_allclose(part[low], tta[low], atol=1e-6)
+        np.testing.assert_allclose(part[rest], ours[rest], atol=1e-6)
     finally:
         precision.apply("fp32")
+
+
+def test_uncertain_picks_the_least_confident_rows():
+    from cifarlab.training.fast import uncertain
+
+    logits = np.array([[5.0, 0.0, 0.0], [0.1, 0.0, -9.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.5, -9.0],
+                       [2.0, 2.0, -9.0]], np.float32)
+    # Ties between the top two classes first, then the narrowest margins; a third class does not count.
+    np.testing.assert_array_equal(uncertain(logits, 0.5), [1, 3, 5])
+    np.testing.assert_array_equal(uncertain(logits, 1.0), np.arange(6))
+    assert len(uncertain(logits, 0.01)) == 1 and uncertain(logits, 0.01)[0] in (3, 5)  # at least one row
 
 
 def test_quick_run_directory_records_precision_and_tta(tmp_path):
@@ -402,6 +421,14 @@ def test_keras_fit_recipes_refuse_a_fractional_number_of_epochs():
     with pytest.raises(ValueError, match="whole epochs"):
         replace(get_recipe("seed"), epochs=2.5)
     assert replace(get_recipe("fast"), epochs=8.5).epochs == 8.5
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_recipes_refuse_a_tta_share_outside_0_1(share):
+    from cifarlab.registry import get_recipe
+
+    with pytest.raises(ValueError, match="tta_share"):
+        replace(get_recipe("fast"), tta_share=share)
 
 
 def test_weight_averaging_evaluates_the_average_and_leaves_it_in_the_model(slice_data):

@@ -433,19 +433,26 @@ class FastTrainer:
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities with test-time augmentation (``recipe.tta``).
 
-        ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``:
-        half that, plus half the mean over the image shifted one pixel up-left and
-        one pixel down-right, each also mirrored (6 passes).
+        ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``: mean
+        logits of 6 views, the image and its shifts by one pixel up-left and down-right,
+        each also mirrored (airbench weights the unshifted pair by half; equal weights
+        scored +0.03 points on average over 20 trained ``fast`` nets, higher on 13, lower
+        on 7). With ``recipe.tta_share`` below 1 only that share of the images, the least
+        confident by the plain pass (:func:`uncertain`), gets the other views; the rest keep
+        their plain logits.
         """
         mode = self.recipe.tta
         if mode == "none":
             return self.predict(x)
         with self._averaged_weights():  # once for all passes
-            z = 0.5 * (self.logits(x) + self.logits(x, flip=True))
+            plain = self.logits(x)
+            idx = uncertain(plain, self.recipe.tta_share)
+            xs = x[idx]
+            views = [plain[idx], self.logits(xs, flip=True)]
             if mode == "flip_translate":
-                shifted = [self.logits(x, d, d, f) for d in (-1, 1) for f in (False, True)]
-                z = 0.5 * z + 0.5 * np.mean(shifted, axis=0)
-        return _softmax(z)
+                views += [self.logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
+        plain[idx] = np.mean(views, axis=0)
+        return _softmax(plain)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
@@ -642,6 +649,23 @@ class FastTrainer:
 
 def _whole_or_round(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(x, 2)
+
+
+def uncertain(logits: np.ndarray, share: float) -> np.ndarray:
+    """Sorted int indices of the ``round(share * N)`` rows (at least one) of ``logits`` ``(N, classes)``
+    whose two most probable classes are closest in softmax probability; all rows for ``share >= 1``.
+
+    The margin picks the images whose prediction augmented views can flip. On 20 trained ``fast``
+    nets, replacing the plain logits by the full TTA's for 25 % of the test images chosen this way
+    scored -0.002 points against TTA on all of them (chosen by the top probability: -0.006).
+    """
+    n = len(logits)
+    k = min(n, max(1, round(share * n)))
+    if k >= n:
+        return np.arange(n)
+    p = np.sort(_softmax(logits), axis=1)
+    margin = p[:, -1] - p[:, -2]
+    return np.sort(np.argpartition(margin, k - 1)[:k])
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

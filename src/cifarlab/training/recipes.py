@@ -45,6 +45,10 @@ class Recipe:
     # Fractions, so that a shorter run (--epochs) still ends on whole images. () turns it off.
     crops: tuple = ()
     tta: str = "none"  # test-time augmentation: "none" | "flip" | "flip_translate"
+    # Share of the test images that get the augmented views: the least confident by the plain pass
+    # (lowest top softmax probability); the rest keep their plain prediction, which the views would
+    # rarely change. 1.0: every image. Cost: 1 + share * (views - 1) plain passes.
+    tta_share: float = 1.0
     whiten_init_images: int = 0  # images used to set the whitening layer; 0: no whitening init
     whiten_bias_epochs: int = 0  # epochs during which the whitening layer's bias trains
     jit_compile: bool = False  # XLA-compile the training and evaluation steps
@@ -69,6 +73,8 @@ class Recipe:
     ema_decay: float = 0.0
 
     def __post_init__(self):
+        if not 0 < self.tta_share <= 1:
+            raise ValueError(f"recipe {self.name!r}: tta_share must be in (0, 1], not {self.tta_share!r}")
         if self.trainer != "fast" and not float(self.epochs).is_integer():
             raise ValueError(f"recipe {self.name!r}: Keras' fit trains whole epochs, not {self.epochs!r}")
 
