@@ -46,8 +46,8 @@ class Recipe:
     crops: tuple = ()
     tta: str = "none"  # test-time augmentation: "none" | "flip" | "flip_translate"
     # Share of the test images that get the augmented views: the least confident by the plain pass
-    # (lowest top softmax probability); the rest keep their plain prediction, which the views would
-    # rarely change. 1.0: every image. Cost: 1 + share * (views - 1) plain passes.
+    # (narrowest margin between the two most probable classes); the rest keep their plain prediction,
+    # which the views would rarely change. 1.0: every image. Cost: 1 + share * (views - 1) plain passes.
     tta_share: float = 1.0
     whiten_init_images: int = 0  # images used to set the whitening layer; 0: no whitening init
     whiten_bias_epochs: int = 0  # epochs during which the whitening layer's bias trains
