@@ -8,7 +8,8 @@ The Python API mirrors the command line::
     metrics = cifarlab.evaluate(run.run_dir)                      # cifarlab evaluate
     cifarlab.predict(run.run_dir, ["cat.png"])                    # cifarlab predict
 
-TensorFlow is imported only by the functions that need it.
+Keras and its backend (TensorFlow, JAX or PyTorch: :mod:`cifarlab.backend`) are imported
+only by the functions that need them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ __version__ = "0.1.0"
 # TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lists) is noise to
 # a user; real errors still surface as Python exceptions.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from cifarlab.backend import default as _default_backend  # noqa: E402
+
+# Keras reads its backend once, at import: TensorFlow where installed, else JAX, else PyTorch
+# (the command line's --backend replaces this before anything imports Keras).
+os.environ.setdefault("KERAS_BACKEND", _default_backend())
 
 from cifarlab.errors import CifarlabError  # noqa: E402
 from cifarlab.registry import MODELS, RECIPES, get_model, get_recipe  # noqa: E402

@@ -1,9 +1,10 @@
-"""Import TensorFlow without its start-up chatter on the terminal.
+"""Import Keras and its backend without the backend's start-up chatter on the terminal.
 
 TensorFlow's C++ core prints informational lines (oneDNN notices, CPU feature
 lists) through absl before any Python setting can silence them. The command line
-imports TensorFlow with file descriptor 2 pointed at /dev/null for the duration of
-the import; Python exceptions are unaffected and still reach the user.
+imports Keras (which imports its backend: TensorFlow, JAX or PyTorch, see
+:mod:`cifarlab.backend`) with file descriptor 2 pointed at /dev/null for the duration
+of the import; Python exceptions are unaffected and still reach the user.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import sys
 
 
 def import_quietly() -> None:
-    if "tensorflow" in sys.modules:
+    if "keras" in sys.modules:
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
         import keras  # noqa: F401
     finally:
         os.dup2(saved, 2)

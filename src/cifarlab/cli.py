@@ -119,7 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
+    _backend_args(parser, sub)
     return parser
+
+
+def _backend_args(parser, sub) -> None:
+    """``--backend`` before the command or after it, on every command."""
+    from cifarlab.backend import CHOICES
+
+    help_ = ("Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else TensorFlow where installed, "
+             "else JAX, else PyTorch)")
+    parser.add_argument("--backend", choices=CHOICES, default=None, help=help_)
+    for p in sub.choices.values():
+        p.add_argument("--backend", choices=CHOICES, default=argparse.SUPPRESS, help=help_)
 
 
 def _scale_args(p):
@@ -129,7 +141,8 @@ def _scale_args(p):
 
     p.add_argument("--strategy", default=None, choices=CHOICES,
                    help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
-                        "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
+                        "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster "
+                        "(both TensorFlow); dataparallel: JAX's keras.distribution.DataParallel over --devices")
     p.add_argument("--devices", type=int, metavar="N",
                    help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
@@ -140,8 +153,11 @@ def _scale_args(p):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command in NEEDS_TF:
-            _quiet_tf()
+        from cifarlab.backend import use
+
+        use(args.backend)  # before anything imports Keras, which fixes its backend at import
+        if args.command in NEEDS_KERAS:
+            _quiet_keras()
         return COMMANDS[args.command](args) or 0
     except CifarlabError as e:
         print(f"cifarlab: error: {e}", file=sys.stderr)
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _quiet_tf() -> None:
+def _quiet_keras() -> None:
     from cifarlab._tf import import_quietly
 
     import_quietly()
@@ -183,7 +199,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
-    _quiet_tf()
+    _quiet_keras()
     from cifarlab.training.signals import Interrupted
     from cifarlab.training.train import train
 
@@ -336,5 +352,5 @@ def cmd_launch(args) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
             "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch}
-# Commands that import TensorFlow up front (train does it itself, after checking its flags).
-NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}
+# Commands that import Keras (and its backend) up front (train does it itself, after checking its flags).
+NEEDS_KERAS = {"evaluate", "predict", "summary", "report", "serve", "export"}

@@ -307,7 +307,8 @@ def summary_rows(run: RunData, ece: float) -> tuple[list, list]:
         ("started", f"{c.get('started', '?')} (finished {c.get('finished', '?')})"),
         ("wall time", f"{_wall_time(c) or '?'} in all, {_duration(m.get('train_seconds'))} training, "
                       f"{m.get('train_images_per_second', '?')} images/s"),
-        ("software", ", ".join(f"{k} {env[k]}" for k in ("cifarlab", "tensorflow", "keras", "python") if k in env)
+        ("software", ", ".join(f"{k} {env[k]}" for k in ("cifarlab", "tensorflow", "jax", "torch", "keras", "python")
+                                if k in env)
          + (f"; GPUs: {', '.join(env['gpus'])}" if env.get("gpus") else "; CPU only" if "gpus" in env else "")),
         ("command", " ".join(c["command"]) if c.get("command") else "Python API"),
     ]

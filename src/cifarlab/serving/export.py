@@ -123,8 +123,13 @@ def export(model_or_run: str | os.PathLike, fmt: str, out: str | os.PathLike,
     """Export, check on ``n_check`` test images, then move into place at ``out``; returns a report dict."""
     from cifarlab.models.io import load_model
 
+    from cifarlab.backend import require_tensorflow
+
     if fmt not in FORMATS:
         raise CifarlabError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    # The converters (SavedModel, tf2onnx, LiteRT) run on TensorFlow graphs; a model trained on any
+    # backend exports there (a .keras file loads on every backend).
+    require_tensorflow(f"export --format {fmt}")
     src, out = Path(model_or_run), Path(out)
     model, meta = load_model(src)
     x, data_src = check_images(src, data, n_check)  # before the slow export: a missing --data fails fast

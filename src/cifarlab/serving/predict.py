@@ -69,13 +69,36 @@ def compiled_predictor(model):
 
     ``model.predict`` sets up a data pipeline on every call (milliseconds); the
     HTTP service calls the model hundreds of times a second on a few images, so it
-    uses one traced ``tf.function`` with a free batch dimension instead (traced
-    once, here, not on the first request).
+    uses one compiled forward pass with a free batch dimension instead, built here, not
+    on the first request: a traced ``tf.function`` on TensorFlow, ``jax.jit`` over
+    ``stateless_call`` on JAX (batches padded to a power of two, so a few sizes compile),
+    the eager model under ``torch.no_grad`` on PyTorch.
     """
-    import tensorflow as tf
+    import keras
 
     shape = [None, *model.input_shape[1:]]
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    elif backend == "jax":
+        import jax
+
+        values = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        jitted = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+
+        def fn(x):
+            n = len(x)
+            size = 1 << max(n - 1, 0).bit_length()
+            padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)]) if size > n else x
+            return np.asarray(jitted(*values, padded))[:n]
+    else:
+        import torch
+
+        def fn(x):
+            with torch.no_grad():
+                return keras.ops.convert_to_numpy(model(x, training=False))
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(fn(np.asarray(x, dtype=np.float32)), dtype=np.float32)

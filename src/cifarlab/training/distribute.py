@@ -11,6 +11,12 @@
   trying it out and for tests.
 - ``multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` across the
   processes named in ``TF_CONFIG`` (``cifarlab launch`` writes one per local worker).
+- ``dataparallel`` (JAX backend): :class:`keras.distribution.DataParallel` over the local
+  devices (the first ``--devices N``), each step's batch split along its first axis. On a
+  CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` gives N devices to try it.
+
+``mirrored`` and ``multiworker`` are TensorFlow's (``--backend tensorflow``); on JAX and
+PyTorch ``auto`` is one device.
 
 Batch size and learning rate: ``--batch-size`` (and the recipe's ``batch_size``) is the
 **global** batch, the images that go into one optimizer step summed over every replica
@@ -22,6 +28,7 @@ way on 1 device, 2 GPUs or 4 machines; to use bigger hardware for bigger steps, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 
 from cifarlab.errors import CifarlabError
 
-CHOICES = ("auto", "mirrored", "multiworker")
+CHOICES = ("auto", "mirrored", "multiworker", "dataparallel")
 # How long one collective operation (an all-reduce of gradients) may wait for the other
 # workers before it fails. Generous, because the first step also compiles the model on every
 # worker; bounded, so that a worker that died stops the others with an error instead of a hang.
@@ -41,8 +48,8 @@ DEFAULT_CPU_DEVICES = 2  # logical CPU devices for --strategy mirrored without G
 class Placement:
     """The strategy in use and who this process is within it."""
 
-    strategy: object  # tf.distribute.Strategy
-    kind: str  # "default" | "mirrored" | "multiworker"
+    strategy: object  # tf.distribute.Strategy, keras.distribution.DataParallel, or None (one device, no TF)
+    kind: str  # "default" | "mirrored" | "multiworker" | "dataparallel"
     replicas: int  # replicas in sync, over all workers
     workers: int = 1
     worker_index: int = 0
@@ -57,10 +64,12 @@ class Placement:
             return "one device"
         if self.kind == "mirrored":
             return f"{self.replicas} local devices (MirroredStrategy)"
+        if self.kind == "dataparallel":
+            return f"{self.replicas} local devices (keras.distribution.DataParallel)"
         return f"worker {self.worker_index} of {self.workers}, {self.replicas} replicas (MultiWorkerMirroredStrategy)"
 
     def scope(self):
-        return self.strategy.scope()
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
     def prepare(self, model, x_sample, y_sample) -> None:
         """Build a compiled model's training state before ``fit`` (needed for multi-worker only).
@@ -133,6 +142,11 @@ def setup(kind: str = "auto", devices: int | None = None) -> Placement:
         raise CifarlabError(f"--strategy must be one of {', '.join(CHOICES)}, not {kind!r}")
     if devices is not None and (not isinstance(devices, int) or devices < 1):
         raise CifarlabError(f"--devices must be a positive whole number, not {devices!r}")
+    from cifarlab.backend import current
+
+    backend = current()
+    if backend != "tensorflow" or kind == "dataparallel":
+        return _setup_keras_distribution(backend, kind, devices)
     import tensorflow as tf
 
     cluster = tf_config()
@@ -164,6 +178,27 @@ def setup(kind: str = "auto", devices: int | None = None) -> Placement:
     workers = len(cluster["cluster"]["worker"]) + len(cluster["cluster"].get("chief", []))
     p = Placement(strategy, "multiworker", 0, workers=workers, worker_index=index)
     return p.fix_replicas()
+
+
+def _setup_keras_distribution(backend: str, kind: str, devices: int | None) -> Placement:
+    """Placement off TensorFlow: one device, or JAX's data parallelism (``dataparallel``)."""
+    if kind in ("mirrored", "multiworker"):
+        raise CifarlabError(f"--strategy {kind} is TensorFlow's tf.distribute (--backend tensorflow); "
+                            f"on {backend} use --strategy dataparallel (JAX) or one device")
+    if kind == "auto" and (devices or 1) == 1:
+        return Placement(None, "default", 1)
+    if backend != "jax":
+        raise CifarlabError(f"--strategy dataparallel and --devices need the JAX backend, not {backend}")
+    import keras
+
+    available = keras.distribution.list_devices()
+    n = devices or len(available)
+    if n > len(available):
+        raise CifarlabError(f"--devices {n}: JAX sees only {len(available)} devices "
+                            "(on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    if n == 1:
+        return Placement(None, "default", 1)
+    return Placement(keras.distribution.DataParallel(devices=available[:n]), "dataparallel", n)
 
 
 def _patch_keras_for_multiworker() -> None:

@@ -57,15 +57,28 @@ def default_run_dir(model: str, recipe: str) -> Path:
 
 
 def environment() -> dict:
-    import tensorflow as tf
-
     from cifarlab import __version__
+    from cifarlab.backend import gpu_capabilities, version
 
     return {
-        "cifarlab": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+        "cifarlab": __version__, "python": platform.python_version(), **version(),
         "keras": keras.__version__, "numpy": np.__version__, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "cpu_count": os.cpu_count(), "gpus": [f"compute capability {a}.{b}" for a, b in gpu_capabilities()],
     }
+
+
+def deterministic_ops() -> None:
+    """Ask the backend for reproducible kernels (``--seed``): the same results on one machine."""
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif name == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    # JAX: XLA's CPU kernels are deterministic; on GPUs XLA_FLAGS=--xla_gpu_deterministic_ops=true.
 
 
 def train(config: TrainConfig | None = None, **kwargs) -> Run:
@@ -117,8 +130,6 @@ def _write_report(run: Run, data, quiet: bool) -> None:
 
 
 def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None) -> Run:
-    import tensorflow as tf
-
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.models.io import save_model
     from cifarlab.training import checkpoint, distribute
@@ -129,7 +140,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     placement = placement or distribute.setup("auto")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        deterministic_ops()
     prec.apply(precision)
     started = datetime.now(timezone.utc)
     config = {
