@@ -240,6 +240,14 @@ def test_quick_run_directory_records_precision_and_tta(tmp_path):
     probs = model.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert run.metrics["test_accuracy"] == metrics["test_accuracy"]
+    # The same run-directory writer as Keras' fit path: the report reads these instead of predicting again.
+    from cifarlab.evaluation.report import load_predictions
+
+    y, saved = load_predictions(out / "test_predictions.npz")
+    assert saved.shape == (30, 10) and float((saved.argmax(1) == y).mean()) == metrics["test_accuracy"]
+    assert {p.name for p in out.iterdir()} >= set(
+        ["config.json", "model.keras", "history.csv", "metrics.json", "accuracy.png", "loss.png", "confusion.png",
+         "predictions.png", "test_predictions.npz", "report.html"])
 
 
 def test_dirac_init_passes_input_channels_through():

@@ -687,16 +687,12 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
     (``recipe.tta``), the figure the fast recipe is judged by.
     """
-    from datetime import datetime, timezone
-
     import pandas as pd
 
     from cifarlab.evaluation.metrics import classification_metrics
-    from cifarlab.fileio import write_json, write_text
-    from cifarlab.models.io import save_model
-    from cifarlab.training import checkpoint, distribute
+    from cifarlab.training import distribute
+    from cifarlab.training.rundir import Run, write_run
     from cifarlab.training.signals import StopRequest
-    from cifarlab.training.train import Run, write_run_plots
 
     distributed = placement is not None and placement.kind != "default"
     with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
@@ -740,21 +736,6 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
         tta_eval_seconds=round(tta_seconds, 2),
         train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
         precision=precision)
-    if "val_accuracy" in history:
-        metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
-                       val_loss=float(history["val_loss"].iloc[-1]))
-
     if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
         model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
-    save_model(model, out / "model.keras", {
-        "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
-        "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",
-        "test_accuracy": metrics["test_accuracy"], "tta_test_accuracy": metrics["tta_test_accuracy"],
-    })
-    write_text(out / "history.csv", history.to_csv(index=False))
-    write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
-    config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(out / "config.json", config)
-    write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
-    checkpoint.finish(out)
-    return Run(out, model, history, metrics, config)
+    return write_run(out, model, config, history, metrics, data.x_test, data.y_test, probs)
