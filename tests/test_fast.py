@@ -109,7 +109,7 @@ def test_auto_is_bf16_on_this_cpu():
 def test_fast_is_the_default_recipe_and_seed_is_unchanged():
     from cifarlab.cli import build_parser
     from cifarlab.registry import get_recipe
-    from cifarlab.training.recipes import Recipe
+    from cifarlab.recipes import Recipe
     from cifarlab.training.train import TrainConfig
 
     assert TrainConfig().recipe == "fast"
