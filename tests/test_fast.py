@@ -202,7 +202,7 @@ def test_a_few_steps_lower_the_loss(name, slice_data):
 
 
 def test_uncertain_picks_the_least_confident_rows():
-    from cifarlab.training.fast import uncertain
+    from cifarlab.inference.tta import uncertain
 
     logits = np.array([[5.0, 0.0, 0.0], [0.1, 0.0, -9.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.5, -9.0],
                        [2.0, 2.0, -9.0]], np.float32)

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cifarlab.inference.predict import softmax
+from cifarlab.inference.tta import uncertain
 from cifarlab.models.fast import init_whitening, logits_model, model_flops
 from cifarlab.training import augment, ops
 
@@ -433,7 +435,7 @@ class FastTrainer:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities ``(N, classes)``, no test-time augmentation."""
-        return _softmax(self.logits(x))
+        return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities with test-time augmentation (``recipe.tta``).
@@ -457,7 +459,7 @@ class FastTrainer:
             if mode == "flip_translate":
                 views += [self.logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
         plain[idx] = np.mean(views, axis=0)
-        return _softmax(plain)
+        return softmax(plain)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
@@ -654,29 +656,6 @@ class FastTrainer:
 
 def _whole_or_round(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(x, 2)
-
-
-def uncertain(logits: np.ndarray, share: float) -> np.ndarray:
-    """Sorted int indices of the ``round(share * N)`` rows (at least one) of ``logits`` ``(N, classes)``
-    whose two most probable classes are closest in softmax probability; all rows for ``share >= 1``.
-
-    The margin picks the images whose prediction augmented views can flip. On 20 trained ``fast``
-    nets, replacing the plain logits by the full TTA's for 25 % of the test images chosen this way
-    scored -0.001 points against TTA on all of them (chosen by the top probability: -0.006).
-    """
-    n = len(logits)
-    k = min(n, max(1, round(share * n)))
-    if k >= n:
-        return np.arange(n)
-    p = np.sort(_softmax(logits), axis=1)
-    margin = p[:, -1] - p[:, -2]
-    return np.sort(np.argpartition(margin, k - 1)[:k])
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None):
