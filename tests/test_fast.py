@@ -109,7 +109,7 @@ def test_auto_is_bf16_on_this_cpu():
 def test_fast_is_the_default_recipe_and_seed_is_unchanged():
     from cifarlab.cli import build_parser
     from cifarlab.registry import get_recipe
-    from cifarlab.training.recipes import Recipe
+    from cifarlab.recipes import Recipe
     from cifarlab.training.train import TrainConfig
 
     assert TrainConfig().recipe == "fast"
@@ -202,7 +202,7 @@ def test_a_few_steps_lower_the_loss(name, slice_data):
 
 
 def test_uncertain_picks_the_least_confident_rows():
-    from cifarlab.training.fast import uncertain
+    from cifarlab.inference.tta import uncertain
 
     logits = np.array([[5.0, 0.0, 0.0], [0.1, 0.0, -9.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.5, -9.0],
                        [2.0, 2.0, -9.0]], np.float32)
@@ -240,6 +240,14 @@ def test_quick_run_directory_records_precision_and_tta(tmp_path):
     probs = model.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert run.metrics["test_accuracy"] == metrics["test_accuracy"]
+    # The same run-directory writer as Keras' fit path: the report reads these instead of predicting again.
+    from cifarlab.evaluation.report import load_predictions
+
+    y, saved = load_predictions(out / "test_predictions.npz")
+    assert saved.shape == (30, 10) and float((saved.argmax(1) == y).mean()) == metrics["test_accuracy"]
+    assert {p.name for p in out.iterdir()} >= set(
+        ["config.json", "model.keras", "history.csv", "metrics.json", "accuracy.png", "loss.png", "confusion.png",
+         "predictions.png", "test_predictions.npz", "report.html"])
 
 
 def test_dirac_init_passes_input_channels_through():

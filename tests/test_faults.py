@@ -119,7 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_archive
     import numpy as np
 
     from cifarlab.registry import RECIPES, register_recipe
-    from cifarlab.training.recipes import Recipe
+    from cifarlab.recipes import Recipe
     from cifarlab.training.train import train
 
     # Plain SGD with a learning rate of 9 diverges within a few steps (Adam's normalised

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cifarlab.errors import CifarlabError
 from cifarlab.models import ModelSpec
-from cifarlab.training.recipes import Recipe
+from cifarlab.recipes import Recipe
 
 MODELS: dict[str, ModelSpec] = {}
 RECIPES: dict[str, Recipe] = {}

@@ -206,14 +206,14 @@ def load_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
                                 f"was evaluated on ({len(y_saved):,}); pass the run's data with --data")
         y_test = y_saved
     else:
-        from cifarlab.serving.predict import predict_arrays
+        from cifarlab.inference.predict import predict_arrays
 
         probs = predict_arrays(model, x_test)
     return RunData(run_dir, config, metrics, history, model, y_test, probs, x_test if images else None)
 
 
 def _test_images(run_dir: Path, config: dict, data, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
-    from cifarlab.evaluation.evaluate import run_test_set
+    from cifarlab.inference.testset import run_test_set
 
     ds = run_test_set(run_dir, config.get("data") or {}, data, quiet)
     return ds.x_test, ds.y_test

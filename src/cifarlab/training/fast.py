@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cifarlab.inference.predict import softmax
+from cifarlab.inference.tta import uncertain
 from cifarlab.models.fast import init_whitening, logits_model, model_flops
 from cifarlab.training import augment, ops
 
@@ -433,7 +435,7 @@ class FastTrainer:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities ``(N, classes)``, no test-time augmentation."""
-        return _softmax(self.logits(x))
+        return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities with test-time augmentation (``recipe.tta``).
@@ -457,7 +459,7 @@ class FastTrainer:
             if mode == "flip_translate":
                 views += [self.logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
         plain[idx] = np.mean(views, axis=0)
-        return _softmax(plain)
+        return softmax(plain)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
@@ -656,29 +658,6 @@ def _whole_or_round(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(x, 2)
 
 
-def uncertain(logits: np.ndarray, share: float) -> np.ndarray:
-    """Sorted int indices of the ``round(share * N)`` rows (at least one) of ``logits`` ``(N, classes)``
-    whose two most probable classes are closest in softmax probability; all rows for ``share >= 1``.
-
-    The margin picks the images whose prediction augmented views can flip. On 20 trained ``fast``
-    nets, replacing the plain logits by the full TTA's for 25 % of the test images chosen this way
-    scored -0.001 points against TTA on all of them (chosen by the top probability: -0.006).
-    """
-    n = len(logits)
-    k = min(n, max(1, round(share * n)))
-    if k >= n:
-        return np.arange(n)
-    p = np.sort(_softmax(logits), axis=1)
-    margin = p[:, -1] - p[:, -2]
-    return np.sort(np.argpartition(margin, k - 1)[:k])
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None):
     """Train by the fast loop and write the rest of the run directory (called by ``training.train``).
 
@@ -687,16 +666,12 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
     (``recipe.tta``), the figure the fast recipe is judged by.
     """
-    from datetime import datetime, timezone
-
     import pandas as pd
 
     from cifarlab.evaluation.metrics import classification_metrics
-    from cifarlab.fileio import write_json, write_text
-    from cifarlab.models.io import save_model
-    from cifarlab.training import checkpoint, distribute
+    from cifarlab.training import distribute
+    from cifarlab.training.rundir import Run, write_run
     from cifarlab.training.signals import StopRequest
-    from cifarlab.training.train import Run, write_run_plots
 
     distributed = placement is not None and placement.kind != "default"
     with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
@@ -740,21 +715,6 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
         tta_eval_seconds=round(tta_seconds, 2),
         train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
         precision=precision)
-    if "val_accuracy" in history:
-        metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
-                       val_loss=float(history["val_loss"].iloc[-1]))
-
     if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
         model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
-    save_model(model, out / "model.keras", {
-        "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
-        "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",
-        "test_accuracy": metrics["test_accuracy"], "tta_test_accuracy": metrics["tta_test_accuracy"],
-    })
-    write_text(out / "history.csv", history.to_csv(index=False))
-    write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
-    config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(out / "config.json", config)
-    write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
-    checkpoint.finish(out)
-    return Run(out, model, history, metrics, config)
+    return write_run(out, model, config, history, metrics, data.x_test, data.y_test, probs)
