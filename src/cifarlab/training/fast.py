@@ -23,7 +23,6 @@ import functools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
@@ -31,38 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from cifarlab.inference.predict import softmax
-from cifarlab.inference.tta import uncertain
-from cifarlab.models.fast import init_whitening, logits_model, model_flops
-from cifarlab.training import augment, ops
+from cifarlab.models.fast import init_whitening, logits_model
+from cifarlab.training import augment, ops, portable
+from cifarlab.training.portable import EvalPoint, FastResult, lr_factor  # noqa: F401 - also this module's API
 
 EVAL_BATCH = 1000
-
-
-def lr_factor(step: int, total: int, warmup: float, start: float, end: float) -> float:
-    """Triangular schedule: ``start`` -> 1 linearly over the first ``warmup`` of ``total`` steps, then -> ``end``."""
-    t = step / max(total, 1)
-    if warmup > 0 and t < warmup:
-        return start + (1 - start) * t / warmup
-    return 1 + (end - 1) * (t - warmup) / max(1 - warmup, 1e-9)
-
-
-@dataclass
-class EvalPoint:
-    """Accuracy measured during training; ``train_seconds`` excludes time spent evaluating."""
-
-    step: int
-    epoch: float
-    train_seconds: float
-    accuracy: float
-
-
-@dataclass
-class FastResult:
-    history: list[dict] = field(default_factory=list)  # one dict per epoch
-    evals: list[EvalPoint] = field(default_factory=list)
-    train_seconds: float = 0.0
-    steps: int = 0
-    images: int = 0
 
 
 class FastTrainer:
@@ -183,7 +155,7 @@ class FastTrainer:
     def _crop_at(self, step: int, total: int) -> int:
         """The window size step ``step`` of ``total`` trains on, by ``recipe.crops``, or 0 for whole images
         (a Python int, so each size compiles its own step)."""
-        return next((size for size, until in self.recipe.crops if step < round(until * total)), 0)
+        return portable.crop_at(self.recipe, step, total)
 
     def _trained(self, whiten_bias_on: bool) -> list[int]:
         """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
@@ -277,13 +249,8 @@ class FastTrainer:
             self.seen.numpy()
 
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
-        """Multiply-add FLOPs of steps ``start`` to ``stop - 1`` of a run of ``total`` steps (default: a
-        whole run of ``stop``), forward + backward counted as 3 forward passes per image, at the window
-        sizes of the progressive resizing."""
-        total = stop if total is None else total
-        sizes = [self._crop_at(s, total) or self.x.shape[1] for s in range(start, stop)]
-        per_image = {size: model_flops(self.model, size) for size in set(sizes)}
-        return 3 * self.batch_size * sum(per_image[size] for size in sizes)
+        """:func:`cifarlab.training.portable.train_flops` of this trainer's model, recipe and batch."""
+        return portable.train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.x.shape[1])
 
     # -- the same step under a tf.distribute strategy ----------------------------------------
 
@@ -438,28 +405,10 @@ class FastTrainer:
         return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
-        """float32 probabilities with test-time augmentation (``recipe.tta``).
-
-        ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``: mean
-        logits of 6 views, the image and its shifts by one pixel up-left and down-right,
-        each also mirrored (airbench weights the unshifted pair by half; equal weights
-        scored +0.027 points on average over 20 trained ``fast`` nets, higher on 12, lower
-        on 6). With ``recipe.tta_share`` below 1 only that share of the images, the least
-        confident by the plain pass (:func:`uncertain`), gets the other views; the rest keep
-        their plain logits.
-        """
-        mode = self.recipe.tta
-        if mode == "none":
-            return self.predict(x)
+        """float32 probabilities with test-time augmentation (``recipe.tta``, ``recipe.tta_share``:
+        :func:`cifarlab.training.portable.tta_probabilities`)."""
         with self._averaged_weights():  # once for all passes
-            plain = self.logits(x)
-            idx = uncertain(plain, self.recipe.tta_share)
-            xs = x[idx]
-            views = [plain[idx], self.logits(xs, flip=True)]
-            if mode == "flip_translate":
-                views += [self.logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
-        plain[idx] = np.mean(views, axis=0)
-        return softmax(plain)
+            return portable.tta_probabilities(self.logits, x, self.recipe.tta, self.recipe.tta_share)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
@@ -652,69 +601,3 @@ class FastTrainer:
         for v, value in zip((self.loss_sum, self.correct, self.seen), state["sums"]):
             v.assign(value)
         return state["epoch"], state["step"]
-
-
-def _whole_or_round(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else round(x, 2)
-
-
-def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None):
-    """Train by the fast loop and write the rest of the run directory (called by ``training.train``).
-
-    ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
-    saved model's own predictions (what ``cifarlab evaluate`` reproduces), and
-    ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
-    (``recipe.tta``), the figure the fast recipe is judged by.
-    """
-    import pandas as pd
-
-    from cifarlab.evaluation.metrics import classification_metrics
-    from cifarlab.training import distribute
-    from cifarlab.training.rundir import Run, write_run
-    from cifarlab.training.signals import StopRequest
-
-    distributed = placement is not None and placement.kind != "default"
-    with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
-        model = spec.build(num_classes=data.num_classes)
-    trainer = FastTrainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed, placement=placement)
-    quiet = cfg.quiet or (distributed and not placement.is_chief)  # the chief reports for all workers
-
-    def report(row):
-        if not quiet:
-            val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
-            # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.crops) cost less.
-            spe, total = trainer.steps_per_epoch, max(1, round(recipe.epochs * trainer.steps_per_epoch))
-            end = min(row["epoch"] * spe, total)
-            done = trainer.train_flops(end, (row["epoch"] - 1) * spe, total)
-            left = row["seconds"] * trainer.train_flops(total, end, total) / done if done else 0.0
-            eta = f", about {left / 60:.1f} min to go" if left else ""
-            last = math.ceil(recipe.epochs)
-            part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
-            print(f"epoch {row['epoch']}/{last}{part}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
-                  f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
-
-    with StopRequest() as stop:
-        result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
-                             progress=not quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
-    history = pd.DataFrame(result.history)
-    if distributed and not placement.is_chief:  # the chief evaluates and writes the run directory
-        return Run(out, model, history, {}, config)
-    t0 = time.perf_counter()
-    probs = trainer.predict(data.x_test)
-    eval_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tta_probs = trainer.predict_tta(data.x_test)
-    tta_seconds = time.perf_counter() - t0
-    metrics = classification_metrics(data.y_test, probs, data.class_names)
-    tta = classification_metrics(data.y_test, tta_probs, data.class_names)
-    metrics.update(
-        accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
-                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
-        tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
-        epochs=_whole_or_round(result.steps / trainer.steps_per_epoch), train_seconds=round(result.train_seconds, 2), eval_seconds=round(eval_seconds, 2),
-        tta_eval_seconds=round(tta_seconds, 2),
-        train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
-        precision=precision)
-    if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
-        model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
-    return write_run(out, model, config, history, metrics, data.x_test, data.y_test, probs)

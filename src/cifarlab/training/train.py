@@ -148,7 +148,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     if placement.is_chief:
         write_json(out / "config.json", config)
     if recipe.trainer == "fast":  # the compiled custom loop of the fast/quick recipes
-        from cifarlab.training.fast import train_in
+        from cifarlab.training.portable import train_in
 
         return train_in(out, cfg, recipe, spec, data, precision, config, placement)
 

@@ -1,0 +1,552 @@
+"""The fast recipes' training loop, written once for every Keras backend (TensorFlow, JAX, PyTorch).
+
+Used by ``trainer="fast"`` recipes (``fast``, ``quick``) when the backend is not TensorFlow; on
+TensorFlow :class:`cifarlab.training.fast.FastTrainer` (fused bf16 batch norm, a hand-written
+conv gradient, ``tf.distribute``) is the faster path behind the same interface
+(:func:`make_trainer`). One step, in ``keras.ops`` and Keras layers:
+
+- the training images stay on the device as one uint8 tensor; a step receives the int32
+  indices of its batch and, per image, the rows and columns to read (:func:`view_indices`:
+  the alternating flip, the reflect-padded translation and the progressive-resizing windows
+  as index arithmetic drawn on the host by a seeded numpy generator), and gathers them;
+- the model's logits come from ``stateless_call`` on the weights passed in; the loss is
+  label-smoothed cross-entropy in float32;
+- the update is :class:`cifarlab.training.muon.Muon` (``stateless_apply``), the whitening
+  kernel frozen and its bias trained for the first ``whiten_bias_epochs`` only;
+- the weight average (``ema_decay``) and the epoch's loss/accuracy sums are part of the state.
+
+Only the gradient and compilation differ per backend (:mod:`cifarlab.training.backends`):
+``jax.jit`` + ``jax.value_and_grad``, ``tf.function`` + ``GradientTape``, PyTorch autograd.
+The state is a tuple of lists of backend tensors ``(trained, non_trainable, optimizer, ema,
+sums)``; the Keras variables are written from it only for checkpoints, evaluation and the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+from keras import ops
+
+from cifarlab.inference.predict import softmax
+from cifarlab.inference.tta import uncertain
+from cifarlab.models.fast import init_whitening, logits_model, model_flops
+
+EVAL_BATCH = 1000
+
+
+def lr_factor(step: int, total: int, warmup: float, start: float, end: float) -> float:
+    """Triangular schedule: ``start`` -> 1 linearly over the first ``warmup`` of ``total`` steps, then -> ``end``."""
+    t = step / max(total, 1)
+    if warmup > 0 and t < warmup:
+        return start + (1 - start) * t / warmup
+    return 1 + (end - 1) * (t - warmup) / max(1 - warmup, 1e-9)
+
+
+@dataclass
+class EvalPoint:
+    """Accuracy measured during training; ``train_seconds`` excludes time spent evaluating."""
+
+    step: int
+    epoch: float
+    train_seconds: float
+    accuracy: float
+
+
+@dataclass
+class FastResult:
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    evals: list[EvalPoint] = field(default_factory=list)
+    train_seconds: float = 0.0
+    steps: int = 0
+    images: int = 0
+
+
+# -- augmentation as index arithmetic (host side) and one gather (in the step) ------------------
+
+def reflect(j: np.ndarray, size: int) -> np.ndarray:
+    """Indices ``j`` (any ints, within one image size of the border) reflected into ``0..size-1``
+    as TensorFlow's REFLECT padding does (the edge pixel is not repeated)."""
+    j = np.abs(j)
+    return np.where(j > size - 1, 2 * (size - 1) - j, j)
+
+
+def view_indices(size: int, flips: np.ndarray, dy: np.ndarray, dx: np.ndarray, window: int = 0):
+    """Rows and columns (int32 ``(n, out)`` each) to read of ``n`` images ``size`` x ``size`` for their views.
+
+    ``flips`` bool ``(n,)``: mirror left-right first. Without ``window`` a view is the whole image
+    shifted by ``(dy, dx)`` pixels (int ``(n,)``; content moves down/right for positive), reflect-padded;
+    with it, the ``window`` x ``window`` window whose corner is at ``(dy, dx)`` (of the flipped image).
+    """
+    r = np.arange(window or size)
+    if window:
+        rows, cols = dy[:, None] + r, dx[:, None] + r
+    else:
+        rows, cols = reflect(r - dy[:, None], size), reflect(r - dx[:, None], size)
+    cols = np.where(flips[:, None], size - 1 - cols, cols)
+    return rows.astype(np.int32), cols.astype(np.int32)
+
+
+def gather_views(x, rows, cols):
+    """Images ``x`` ``(n, H, W, C)`` read at ``rows`` ``(n, h)`` and ``cols`` ``(n, w)`` -> ``(n, h, w, C)``, same dtype."""
+    x = ops.take_along_axis(x, rows[:, :, None, None], axis=1)
+    return ops.take_along_axis(x, cols[:, None, :, None], axis=2)
+
+
+def crop_at(recipe, step: int, total: int) -> int:
+    """The window size step ``step`` of ``total`` trains on, by ``recipe.crops``, or 0 for whole images."""
+    return next((size for size, until in recipe.crops if step < round(until * total)), 0)
+
+
+def train_flops(model, recipe, batch_size: int, stop: int, start: int = 0, total: int | None = None,
+                size: int = 32) -> int:
+    """Multiply-add FLOPs of steps ``start`` to ``stop - 1`` of a run of ``total`` steps (default: a whole
+    run of ``stop``), forward + backward counted as 3 forward passes per image, at the window sizes
+    of the progressive resizing."""
+    total = stop if total is None else total
+    sizes = [crop_at(recipe, s, total) or size for s in range(start, stop)]
+    per_image = {s: model_flops(model, s) for s in set(sizes)}
+    return 3 * batch_size * sum(per_image[s] for s in sizes)
+
+
+def tta_probabilities(logits: Callable, x: np.ndarray, mode: str, share: float) -> np.ndarray:
+    """float32 probabilities with test-time augmentation, from ``logits(x, dy, dx, flip)`` (float32 ``(N, K)``).
+
+    ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``: mean logits of 6
+    views, the image and its shifts by one pixel up-left and down-right, each also mirrored,
+    equally weighted. With ``share`` below 1 only that share of the images, the least confident
+    by the plain pass (:func:`cifarlab.inference.tta.uncertain`), gets the other views.
+    """
+    plain = logits(x, 0, 0, False)
+    if mode == "none":
+        return softmax(plain)
+    idx = uncertain(plain, share)
+    xs = x[idx]
+    views = [plain[idx], logits(xs, 0, 0, True)]
+    if mode == "flip_translate":
+        views += [logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
+    plain[idx] = np.mean(views, axis=0)
+    return softmax(plain)
+
+
+def label_smoothed_loss(logits, y, num_classes: int, eps: float):
+    """Mean cross-entropy of float32 logits ``(B, K)`` against int labels ``(B,)`` smoothed by ``eps``."""
+    logp = ops.log_softmax(logits, axis=-1)
+    target = ops.one_hot(y, num_classes) * (1 - eps) + eps / num_classes
+    return -ops.mean(ops.sum(target * logp, axis=1))
+
+
+class PortableTrainer:
+    """Train ``model`` (from :mod:`cifarlab.models.fast`) on uint8 images by ``recipe``, on any backend.
+
+    The interface of :class:`cifarlab.training.fast.FastTrainer`: ``x_train`` uint8
+    ``(N, 32, 32, 3)``, ``y_train`` int ``(N,)``; :meth:`fit`, then :meth:`predict` /
+    :meth:`predict_tta` for float32 probabilities. ``placement`` (``training.distribute.Placement``)
+    of kind ``dataparallel`` (JAX) splits each step's batch over its devices.
+    """
+
+    def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
+                 placement=None):
+        from cifarlab.errors import CifarlabError
+        from cifarlab.training import backends
+
+        if recipe.optimizer not in ("sgd", "muon"):
+            raise CifarlabError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
+        if recipe.lookahead_every:
+            raise CifarlabError("lookahead runs in the TensorFlow fast loop only (--backend tensorflow)")
+        self.glue = backends.load(keras.backend.backend())
+        self.distribution = placement.strategy if placement is not None and placement.kind == "dataparallel" else None
+        self.model, self.recipe = model, recipe
+        self.net = logits_model(model)
+        self.num_classes = int(model.output_shape[-1])
+        n = len(y_train)
+        self.batch_size = min(recipe.batch_size, n)
+        replicas = placement.replicas if self.distribution is not None else 1
+        if self.batch_size % replicas:
+            raise CifarlabError(f"the batch of {self.batch_size} images does not split evenly over {replicas} "
+                                f"devices; choose a --batch-size that is a multiple of {replicas}")
+        self.steps_per_epoch = n // self.batch_size
+        self.size = x_train.shape[1]
+        # The same draws, in the same order, as the TensorFlow loop: whitening sample, then flip bits.
+        self.rng = np.random.default_rng(seed)
+        if recipe.whiten_init_images:
+            sample = self.rng.choice(n, min(n, recipe.whiten_init_images), replace=False)
+            init_whitening(model, x_train[np.sort(sample)])
+        self.flip_bits = self.rng.integers(0, 2, n).astype(bool)
+        self.aug_rng = np.random.default_rng([seed, 1])  # flips (random) and translations / windows
+        self.x, self.y = self.glue.place((x_train, np.asarray(y_train, np.int32)), self.distribution)
+
+        # Parameter groups: the whitening kernel is fixed by its initialisation (not trained at all);
+        # the optimizer groups the rest by shape (training.muon).
+        tv = self.net.trainable_variables
+        self.frozen_at = [i for i, v in enumerate(tv) if v.path.startswith("whiten/") and v.path.endswith("kernel")]
+        self.trained_vars = [v for i, v in enumerate(tv) if i not in self.frozen_at]
+        self.whiten_bias = {v.path for v in self.trained_vars if v.path.startswith("whiten/")}
+        self.stat_vars = list(self.net.non_trainable_variables)  # batch-norm running statistics
+        self.optimizer = None  # built by fit(), whose epochs set the schedule
+        self.state = None
+        self.ema_in_model = False
+        self._forward = self.glue.compile_forward(self._eval_logits)
+
+    # -- the step, in keras.ops ---------------------------------------------------------------
+
+    def _all_trainable(self, trained, frozen):
+        values = list(trained)
+        for i, f in zip(self.frozen_at, frozen):
+            values.insert(i, f)
+        return values
+
+    def _train_step(self, state, frozen, x, y, idx, rows, cols, whiten_bias_on: bool = True):
+        trained, stats, opt, ema, sums = state
+        xb = gather_views(ops.take(x, idx, axis=0), rows, cols)
+        yb = ops.take(y, idx, axis=0)
+        if self.distribution is not None:  # the batch split over the devices along its first axis
+            from keras.distribution import distribute_tensor
+
+            xb = distribute_tensor(xb, self.distribution.get_data_layout(xb.shape))
+            yb = distribute_tensor(yb, self.distribution.get_data_layout(yb.shape))
+
+        def loss_fn(values):
+            logits, new_stats = self.net.stateless_call(self._all_trainable(values, frozen), stats,
+                                                        ops.cast(xb, "float32"), training=True)
+            logits = ops.cast(logits, "float32")
+            return label_smoothed_loss(logits, yb, self.num_classes, self.recipe.label_smoothing), (logits, new_stats)
+
+        (loss, (logits, stats)), grads = self.glue.value_and_grad(loss_fn)(trained)
+        self.optimizer.frozen = set() if whiten_bias_on else self.whiten_bias  # read as the step is traced
+        trained, opt = self.glue.apply(self.optimizer, self.trained_vars, opt, grads, trained)
+        if ema:
+            t = ops.cast(opt[self._iterations_at], "float32")
+            k = ops.minimum(self.recipe.ema_decay, (1.0 + t) / (10.0 + t))
+            ema = [k * e + (1.0 - k) * ops.cast(v, "float32") for e, v in zip(ema, [*trained, *stats])]
+        n = ops.cast(ops.shape(yb)[0], "float32")
+        correct = ops.sum(ops.cast(ops.cast(ops.argmax(logits, axis=1), "int32") == ops.cast(yb, "int32"), "float32"))
+        sums = sums + ops.stack([loss * n, correct, n])
+        return trained, stats, opt, ema, sums
+
+    def _eval_logits(self, trainable, stats, x, rows, cols):
+        xb = ops.cast(gather_views(x, rows, cols), "float32")
+        return ops.cast(self.net.stateless_call(trainable, stats, xb, training=False)[0], "float32")
+
+    # -- state between the Keras variables and the step -----------------------------------------
+
+    def _build(self, total: int) -> None:
+        from cifarlab.training.muon import from_recipe
+
+        self.optimizer = from_recipe(self.recipe, total)
+        self.optimizer.build(self.trained_vars)
+        self._step = self.glue.compile_step(self._train_step)  # traced anew: it reads this optimizer
+        self._iterations_at = next(i for i, v in enumerate(self.optimizer.variables)
+                                   if v is self.optimizer.iterations)
+        self.frozen = self.glue.place([v.value for i, v in enumerate(self.net.trainable_variables)
+                                       if i in self.frozen_at], self.distribution)
+        self._state_from_variables(ema=None)
+
+    def _state_from_variables(self, ema, sums=(0.0, 0.0, 0.0)) -> None:
+        """The step's state from the Keras variables (weights, statistics, optimizer), ``ema`` (arrays or None:
+        start the average at the weights) and the epoch's ``sums``."""
+        def np_(vs):
+            return [keras.ops.convert_to_numpy(v.value) for v in vs]
+
+        trained, stats = np_(self.trained_vars), np_(self.stat_vars)
+        if ema is None:
+            ema = [a.astype(np.float32) for a in trained + stats] if self.recipe.ema_decay else []
+        self.state = self.glue.place((trained, stats, np_(self.optimizer.variables), list(ema),
+                                      np.asarray(sums, np.float32)), self.distribution)
+
+    def _write_variables(self, averaged: bool = False) -> None:
+        """Copy the state into the Keras variables: the weights (the average, with ``averaged``) and the optimizer."""
+        trained, stats, opt, ema, _ = self.state
+        values = ema if averaged and ema else [*trained, *stats]
+        for v, value in zip([*self.trained_vars, *self.stat_vars], values):
+            v.assign(ops.cast(value, v.dtype))
+        for v, value in zip(self.optimizer.variables, opt):
+            v.assign(value)
+
+    def _sums(self) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(self.state[4]), np.float64)
+
+    # -- host side ----------------------------------------------------------------------------
+
+    def _eval_values(self):
+        trained, stats, _, ema, _ = self.state if self.state is not None else (None,) * 5
+        if trained is None:  # before fit: what the model holds
+            return ([v.value for v in self.net.trainable_variables], [v.value for v in self.stat_vars])
+        if ema:
+            trained, stats = ema[:len(trained)], ema[len(trained):]
+        return self._all_trainable(trained, self.frozen), stats
+
+    def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
+        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored
+        (with ``recipe.ema_decay``, of the averaged weights). Batches are padded to ``EVAL_BATCH`` so that
+        one compiled forward pass serves all."""
+        trainable, stats = self._eval_values()
+        n = len(x)
+        rows, cols = view_indices(self.size, np.full(EVAL_BATCH, flip), np.full(EVAL_BATCH, dy),
+                                  np.full(EVAL_BATCH, dx))
+        rows, cols = ops.convert_to_tensor(rows), ops.convert_to_tensor(cols)
+        out = []
+        for i in range(0, n, EVAL_BATCH):
+            xb = x[i:i + EVAL_BATCH]
+            if len(xb) < EVAL_BATCH:
+                xb = np.concatenate([xb, np.zeros((EVAL_BATCH - len(xb), *xb.shape[1:]), xb.dtype)])
+            got = self._forward(trainable, stats, ops.convert_to_tensor(xb), rows, cols)
+            out.append(np.asarray(ops.convert_to_numpy(got))[:n - i])
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """float32 probabilities ``(N, classes)``, no test-time augmentation."""
+        return softmax(self.logits(x))
+
+    def predict_tta(self, x: np.ndarray) -> np.ndarray:
+        """float32 probabilities with test-time augmentation (``recipe.tta``, ``recipe.tta_share``)."""
+        return tta_probabilities(self.logits, x, self.recipe.tta, self.recipe.tta_share)
+
+    def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
+        return train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.size)
+
+    def _draw_views(self, idx: np.ndarray, epoch: int, window: int):
+        r, n = self.recipe, len(idx)
+        if r.flip == "alternating":  # each image mirrored in every other epoch
+            flips = self.flip_bits[idx] ^ bool(epoch % 2)
+        elif r.flip == "random":
+            flips = self.aug_rng.integers(0, 2, n).astype(bool)
+        else:
+            flips = np.zeros(n, bool)
+        if window:
+            dy, dx = self.aug_rng.integers(0, self.size - window + 1, (2, n))
+        elif r.translate:
+            dy, dx = self.aug_rng.integers(-r.translate, r.translate + 1, (2, n))
+        else:
+            dy = dx = np.zeros(n, np.int64)
+        return view_indices(self.size, flips, dy, dx, window)
+
+    def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
+            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
+            run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
+        """Train ``epochs`` epochs (fractions allowed); the arguments and result of ``FastTrainer.fit``.
+
+        With ``run_dir`` the whole state is checkpointed at every epoch end and every
+        ``checkpoint_every`` steps (None: ``checkpoint.DEFAULT_EVERY_STEPS``), and a checkpoint found
+        there resumes at the very next step; ``stop`` (a ``StopRequest``) ends training after the step
+        in progress with a checkpoint and ``Interrupted``. With ``recipe.ema_decay`` evaluations use
+        the weight average, and the model holds it when ``fit`` returns.
+        """
+        from cifarlab.training import checkpoint
+
+        r = self.recipe
+        total = max(1, round(epochs * self.steps_per_epoch))
+        self._build(total)
+        self.ema_in_model = False
+        res = FastResult()
+        clock = 0.0
+        start_epoch, start_step = 0, 0
+        last_saved = checkpoint.read_state(run_dir) if run_dir is not None else None
+        if last_saved is not None:
+            start_epoch, start_step = self._restore(run_dir, last_saved)
+            res.history = list(last_saved["history"])
+            checkpoint.resuming_notice(last_saved)
+        step = start_epoch * self.steps_per_epoch + start_step
+        every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
+        every = every if run_dir is not None else 0
+        steps_here = 0
+
+        def asked() -> bool:
+            return stop is not None and stop.requested
+
+        def save(epochs_done, step_in_epoch, epoch_rng):
+            nonlocal last_saved
+            self._write_variables()
+            state = self._checkpoint_state(epochs_done, step_in_epoch, epoch_rng, res.history)
+            checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
+            last_saved = state
+
+        def log_eval(epoch_float):
+            if eval_x is not None:
+                acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
+                res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
+
+        for epoch in range(start_epoch, math.ceil(total / self.steps_per_epoch)):
+            epoch_steps = min(self.steps_per_epoch, total - epoch * self.steps_per_epoch)
+            t_epoch = time.perf_counter()
+            epoch_clock = clock
+            first = start_step if epoch == start_epoch else 0
+            if not first:  # a mid-epoch resume restored the sums of the steps before it
+                self.state = (*self.state[:4], self.glue.place(np.zeros(3, np.float32), self.distribution))
+            epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
+            order = self.rng.permutation(len(self.flip_bits)).astype(np.int32)
+            wb = epoch < r.whiten_bias_epochs  # a Python bool: each value compiles its own step
+            t0 = time.perf_counter()
+            bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
+            for s in range(first, epoch_steps):
+                idx = order[s * self.batch_size:(s + 1) * self.batch_size]
+                rows, cols = self._draw_views(idx, epoch, crop_at(r, step, total))
+                self.state = self._step(self.state, self.frozen, self.x, self.y, ops.convert_to_tensor(idx),
+                                        ops.convert_to_tensor(rows), ops.convert_to_tensor(cols),
+                                        whiten_bias_on=wb)
+                if bar is not None:
+                    bar.update(s + 1)
+                step += 1
+                steps_here += 1
+                if asked() and s + 1 < epoch_steps:
+                    if run_dir is not None:
+                        save(epoch, s + 1, epoch_rng)
+                    raise checkpoint.interrupted(stop, last_saved, run_dir)
+                if every and (s + 1) % every == 0 and s + 1 < epoch_steps:
+                    self._sums()  # wait for the step before reading the clock
+                    clock += time.perf_counter() - t0
+                    save(epoch, s + 1, epoch_rng)
+                    t0 = time.perf_counter()
+                reached = res.evals and res.evals[-1].accuracy >= eval_every_until
+                if eval_every and not reached and step % eval_every == 0 and s + 1 < epoch_steps:
+                    self._sums()
+                    clock += time.perf_counter() - t0
+                    log_eval(epoch + (s + 1) / self.steps_per_epoch)
+                    t0 = time.perf_counter()
+            loss_sum, correct, seen = self._sums()  # the one host sync of the epoch
+            clock += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": float(loss_sum / seen), "accuracy": float(correct / seen)}
+            if x_val is not None and len(x_val):
+                probs = self.predict(x_val)
+                p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
+                row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
+            bad = [k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])]
+            if bad:  # before any checkpoint of these weights: the last good one stays on disk
+                raise checkpoint.non_finite(row[bad[0]], f"epoch {epoch + 1}", last_saved, run_dir)
+            log_eval(epoch + epoch_steps / self.steps_per_epoch)
+            row["train_seconds"] = round(clock - epoch_clock, 3)
+            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
+            res.history.append(row)
+            if run_dir is not None:
+                save(epoch + 1, 0, self.rng.bit_generator.state)
+            if on_epoch:
+                on_epoch(row)
+            if asked():
+                raise checkpoint.interrupted(stop, last_saved, run_dir)
+        self._write_variables(averaged=True)  # the run's result is the averaged model, if any
+        self.ema_in_model = bool(r.ema_decay)
+        res.train_seconds = clock
+        res.steps = step
+        res.images = steps_here * self.batch_size
+        return res
+
+    # -- checkpoint state ---------------------------------------------------------------------
+
+    def _checkpoint_state(self, epochs_done: int, step: int, epoch_rng: dict, history: list[dict]) -> dict:
+        """JSON state beside the weights: position, history, the epoch's sums and both numpy generators
+        (``shuffle_rng`` as it was before drawing the order of the epoch in progress, or the next one;
+        ``augment_rng`` as the last step left it)."""
+        return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
+                "trainer": "portable", "backend": keras.backend.backend(), "steps_per_epoch": self.steps_per_epoch,
+                "shuffle_rng": epoch_rng, "augment_rng": self.aug_rng.bit_generator.state,
+                "sums": [float(s) for s in self._sums()], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The optimizer's variables (step counter, momentum buffers) and the weight average."""
+        _, _, opt, ema, _ = self.state
+        arrays = {f"optimizer_{i:03d}": np.asarray(ops.convert_to_numpy(v)) for i, v in enumerate(opt)}
+        arrays.update({f"ema_{i:03d}": np.asarray(ops.convert_to_numpy(e)) for i, e in enumerate(ema)})
+        return arrays
+
+    def _restore(self, run_dir, state: dict) -> tuple[int, int]:
+        from cifarlab.errors import CifarlabError
+        from cifarlab.training import checkpoint
+
+        if state.get("trainer") != "portable" or state.get("steps_per_epoch") != self.steps_per_epoch:
+            raise CifarlabError(f"{checkpoint.path(run_dir)} was not written by this training; "
+                                "move it away to start afresh")
+        checkpoint.load_weights(run_dir, self.model)
+        arrays = checkpoint.read_arrays(run_dir)
+        for i, v in enumerate(self.optimizer.variables):
+            v.assign(arrays[f"optimizer_{i:03d}"])
+        ema = [arrays[f"ema_{i:03d}"] for i in range(len(self.state[3]))]
+        self._state_from_variables(ema, state["sums"])
+        self.rng.bit_generator.state = state["shuffle_rng"]
+        self.aug_rng.bit_generator.state = state["augment_rng"]
+        return state["epoch"], state["step"]
+
+
+def make_trainer(model, recipe, x_train, y_train, seed: int = 0, placement=None, portable: bool | None = None):
+    """The fast-recipe trainer for the current backend: TensorFlow's hand-written loop on TensorFlow
+    (unless ``portable``), else :class:`PortableTrainer`."""
+    if portable is None:
+        portable = keras.backend.backend() != "tensorflow"
+    if portable:
+        return PortableTrainer(model, recipe, x_train, y_train, seed=seed, placement=placement)
+    from cifarlab.training.fast import FastTrainer
+
+    return FastTrainer(model, recipe, x_train, y_train, seed=seed, placement=placement)
+
+
+def _whole_or_round(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(x, 2)
+
+
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None, portable: bool | None = None):
+    """Train a ``trainer="fast"`` recipe and write the rest of the run directory (called by ``training.train``).
+
+    ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
+    saved model's own predictions (what ``cifarlab evaluate`` reproduces), and
+    ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
+    (``recipe.tta``), the figure the fast recipe is judged by.
+    """
+    import pandas as pd
+
+    from cifarlab.evaluation.metrics import classification_metrics
+    from cifarlab.training import distribute
+    from cifarlab.training.rundir import Run, write_run
+    from cifarlab.training.signals import StopRequest
+
+    distributed = placement is not None and placement.kind != "default"
+    with placement.scope() if distributed else contextlib.nullcontext():  # one device: no strategy at all
+        model = spec.build(num_classes=data.num_classes)
+    trainer = make_trainer(model, recipe, data.x_train, data.y_train, seed=cfg.seed, placement=placement,
+                           portable=portable)
+    chief = placement is None or placement.is_chief
+    quiet = cfg.quiet or not chief  # the chief reports for all workers
+
+    def report(row):
+        if not quiet:
+            val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+            # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.crops) cost less.
+            spe, total = trainer.steps_per_epoch, max(1, round(recipe.epochs * trainer.steps_per_epoch))
+            end = min(row["epoch"] * spe, total)
+            done = trainer.train_flops(end, (row["epoch"] - 1) * spe, total)
+            left = row["seconds"] * trainer.train_flops(total, end, total) / done if done else 0.0
+            eta = f", about {left / 60:.1f} min to go" if left else ""
+            last = math.ceil(recipe.epochs)
+            part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
+            print(f"epoch {row['epoch']}/{last}{part}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
+                  f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
+
+    with StopRequest() as stop:
+        result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
+                             progress=not quiet and sys.stdout.isatty(), checkpoint_every=cfg.checkpoint_every)
+    history = pd.DataFrame(result.history)
+    if not chief:  # the chief evaluates and writes the run directory
+        return Run(out, model, history, {}, config)
+    t0 = time.perf_counter()
+    probs = trainer.predict(data.x_test)
+    eval_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tta_probs = trainer.predict_tta(data.x_test)
+    tta_seconds = time.perf_counter() - t0
+    metrics = classification_metrics(data.y_test, probs, data.class_names)
+    tta = classification_metrics(data.y_test, tta_probs, data.class_names)
+    metrics.update(
+        accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
+                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
+        tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
+        epochs=_whole_or_round(result.steps / trainer.steps_per_epoch), train_seconds=round(result.train_seconds, 2),
+        eval_seconds=round(eval_seconds, 2), tta_eval_seconds=round(tta_seconds, 2),
+        train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),
+        precision=precision)
+    if distributed:  # multi-worker: saved from a plain copy of the weights, as the fit path does
+        model = distribute.local_model_for_eval(model, placement, lambda: spec.build(num_classes=data.num_classes))
+    return write_run(out, model, config, history, metrics, data.x_test, data.y_test, probs)
