@@ -78,7 +78,10 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
     positions first, as published). Returns float32 ``(N, H, W)`` in [0, 1], each map
     scaled so its peak is 1 (all zeros where no region speaks for the class).
     """
-    import tensorflow as tf
+    import keras
+    from keras import ops
+
+    from cifarlab.training import backends
 
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
@@ -90,7 +93,8 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
     if isinstance(layer, str):
         layer = model.get_layer(layer)
     layer = layer or last_conv_layer(model)
-    forward = _split_forward(model, layer)
+    body, head = _split(model, layer)
+    value_and_grad = backends.load(keras.backend.backend()).value_and_grad
     n, h, w = x.shape[:3]
     if class_index is None:
         targets = None
@@ -98,47 +102,52 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
         targets = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (n,))
     maps = []
     for start in range(0, n, batch_size):
-        xb = tf.convert_to_tensor(x[start:start + batch_size])
-        with tf.GradientTape() as tape:
-            fmap, probs = forward(xb)
-            probs = tf.cast(probs, tf.float32)
-            tb = tf.argmax(probs, axis=1) if targets is None else tf.constant(targets[start:start + batch_size])
-            score = tf.math.log(tf.clip_by_value(tf.gather(probs, tb, batch_dims=1), _EPS, 1.0))
+        fmap = body(ops.convert_to_tensor(x[start:start + batch_size]))
+
+        def score(values):
+            probs = ops.cast(head(values[0]), "float32")
+            tb = ops.argmax(probs, axis=1) if targets is None else ops.convert_to_tensor(targets[start:start + batch_size])
+            picked = ops.take_along_axis(probs, ops.cast(tb, "int32")[:, None], axis=1)
+            return ops.sum(ops.log(ops.clip(picked, _EPS, 1.0))), probs
+
         # Under mixed precision the map is float16/bfloat16: differentiate through it as it is, then widen.
-        grads = tf.cast(tape.gradient(score, fmap), tf.float32)
-        fmap = tf.cast(fmap, tf.float32)
+        _, (grads,) = value_and_grad(score)([fmap])
+        grads, fmap = ops.cast(grads, "float32"), ops.cast(fmap, "float32")
         # (b, h', w', channels) per position, or (b, 1, 1, channels) averaged.
-        weights = grads if method == "hires" else tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]  # (b, h', w', 1)
-        cam = tf.image.resize(cam, (h, w), method="bilinear")[..., 0].numpy()
+        weights = grads if method == "hires" else ops.mean(grads, axis=(1, 2), keepdims=True)
+        cam = ops.relu(ops.sum(weights * fmap, axis=-1))[..., None]  # (b, h', w', 1)
+        cam = ops.convert_to_numpy(ops.image.resize(cam, (h, w), interpolation="bilinear"))[..., 0]
         peak = cam.reshape(len(cam), -1).max(axis=1)
         cam = np.where(peak[:, None, None] > 0, cam / np.maximum(peak, 1e-12)[:, None, None], 0.0)
         maps.append(cam.astype(np.float32))
     return np.concatenate(maps)
 
 
-def _split_forward(model, layer):
-    """A function ``x -> (layer's output, model's output)``, both from one forward pass.
+def _split(model, layer):
+    """Two functions, ``x -> layer's output`` and ``layer's output -> model's output``, so that the
+    gradient with respect to the map is taken on any backend (each takes its own tensor).
 
-    A Sequential model's symbolic ``layer.output`` can belong to an earlier build of
-    its graph than ``model.outputs`` (Keras 3 rebuilds it), which would cut the
-    gradient path; so a Sequential model is run layer by layer, and any other
-    (functional) model through a two-output view of its own graph.
+    A Sequential model's symbolic ``layer.output`` can belong to an earlier build of its
+    graph than ``model.outputs`` (Keras 3 rebuilds it), which would cut the path; so a
+    Sequential model is run layer by layer, and any other (functional) model as two views of
+    its own graph.
     """
     import keras
 
     if isinstance(model, keras.Sequential):
-        def forward(x):
-            feat = None
-            for l in model.layers:
-                x = l(x, training=False)
-                if l is layer:
-                    feat = x
-            return feat, x
+        cut = model.layers.index(layer) + 1
 
-        return forward
-    two = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-    return lambda x: two(x, training=False)
+        def run(layers):
+            def f(x):
+                for lay in layers:
+                    x = lay(x, training=False)
+                return x
+            return f
+
+        return run(model.layers[:cut]), run(model.layers[cut:])
+    body = keras.Model(model.inputs, layer.output)
+    head = keras.Model(layer.output, model.outputs[0])
+    return (lambda x: body(x, training=False)), (lambda f: head(f, training=False))
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 3, alpha: float = 0.45) -> np.ndarray:
