@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 
 def value_and_grad(fn):
@@ -19,22 +20,16 @@ def compile_forward(fn):
 
 
 def place(tree, distribution=None):
-    """``tree`` as JAX arrays; replicated over every device of ``distribution`` when given."""
+    """``tree`` as JAX arrays; replicated over every device of ``distribution`` (a
+    ``keras.distribution.DataParallel``) when given."""
     if distribution is None:
         return jax.tree_util.tree_map(jax.numpy.asarray, tree)
-    from keras.distribution import distribute_tensor
+    from keras.distribution import TensorLayout, distribute_tensor
 
     def replicated(x):
-        return distribute_tensor(x, distribution.get_variable_layout(_Shaped(x.shape)))
+        return distribute_tensor(x, TensorLayout([None] * np.ndim(x), distribution.device_mesh))
 
     return jax.tree_util.tree_map(replicated, tree)
-
-
-class _Shaped:
-    """What ``get_variable_layout`` reads of a variable: its shape (DataParallel replicates every variable)."""
-
-    def __init__(self, shape):
-        self.shape, self.path = tuple(shape), ""
 
 
 def apply(optimizer, variables, opt_values, grads, values):
