@@ -1,4 +1,4 @@
-"""Time to accuracy: seed vs quick vs fast on the full CIFAR-10 copy, in one run (issue 3's targets).
+"""Time to accuracy: seed vs quick vs fast vs the published peer on the full CIFAR-10 copy, in one run.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--data ARCHIVE] [--seeds 3] [--only fast,quick,...]
 
@@ -14,6 +14,9 @@ does, and the load average at the start and end of each sub-run is recorded.
   images; test accuracy every few steps until 65 %, then each epoch; final plain and
   TTA test accuracy. "seconds" = training + final TTA evaluation (the clock stops
   while the progress evaluations run).
+- ``peer``: airbench94_muon (the published record script) through the shipped CPU port, run
+  by ``benchmarks/peer.py`` on the same archive: its TTA accuracy and seconds of training + TTA,
+  timed as it times itself; the summary gives fast's and quick's seconds as ratios of it.
 - ``pipeline``: fast step time with the real input pipeline (gather + flip +
   translate of uint8) against the same step on one fixed, unaugmented batch.
 
@@ -193,9 +196,15 @@ def run_pipeline(args) -> dict:
     return out
 
 
+def run_peer_kind(args) -> dict:
+    from peer import run_peer
+
+    return run_peer(args.data, runs=1, threads=os.cpu_count() or 2, limit=args.limit)
+
+
 def child(args) -> None:
-    fn = {"peak": run_peak, "seed": run_seed, "pipeline": run_pipeline}.get(args.one, run_recipe)
-    if args.one not in ("peak", "seed", "pipeline"):
+    fn = {"peak": run_peak, "seed": run_seed, "pipeline": run_pipeline, "peer": run_peer_kind}.get(args.one, run_recipe)
+    if args.one not in ("peak", "seed", "pipeline", "peer"):
         args.recipe = args.one
     out = fn(args)
     print("RESULT " + json.dumps(_finish(out)), flush=True)
@@ -233,7 +242,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--only", default="peak,pipeline,seed,quick,fast")
+    ap.add_argument("--only", default="peak,pipeline,peer,seed,quick,fast")
     ap.add_argument("--limit", type=int, help="train on fewer images (smoke test only)")
     ap.add_argument("--epochs", type=float, help="override epochs (smoke test only)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -244,6 +253,7 @@ def main():
     ap.add_argument("--progress", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     if args.one:
         return child(args)
     if args.markdown:
@@ -274,6 +284,8 @@ def main():
     fast = [("fast", ("--seed", str(s)) + (("--progress", "2") if s == 0 else ())) for s in range(args.seeds)]
     if "fast" in only:
         plan += fast[:1]
+    if "peer" in only:  # right after fast seed 0: the two figures the targets compare, close in time
+        plan.append(("peer", ()))
     if "seed" in only:
         plan.append(("seed", ()))
     if "quick" in only:
@@ -311,6 +323,7 @@ def summarise(runs: list[dict]) -> dict:
     quick = next((r for r in reversed(ok) if r["kind"] == "quick"), None)  # the latest: the registered epochs
     seed = next((r for r in ok if r["kind"] == "seed"), None)
     peak = next((r for r in ok if r["kind"] == "peak"), None)
+    peer = next((r for r in ok if r["kind"] == "peer"), None)
     s = {}
     if fast:
         accs = [r["tta_test_accuracy"] for r in fast]
@@ -337,6 +350,12 @@ def summarise(runs: list[dict]) -> dict:
             s["speedup_to_65_vs_seed"] = round(seed["seconds_to_65"] / best, 2)
     if peak:
         s["peak"] = {k: v for k, v in peak.items() if k.endswith("tflops")}
+    if peer:
+        s["peer"] = {"tta_accuracy": peer["tta_accuracy"], "seconds": peer["seconds"]}
+        for name in ("fast", "quick"):
+            if name in s:
+                secs = s[name].get("mean_seconds", s[name].get("seconds"))
+                s[name]["seconds_vs_peer"] = round(secs / peer["seconds"], 3)
     return s
 
 
@@ -351,6 +370,11 @@ def write_markdown(results: dict) -> None:
              "| peak RSS (GiB) | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if "error" in r or r["kind"] in ("peak", "pipeline"):
+            continue
+        if r["kind"] == "peer":
+            lines.append(f"| peer: {r['peer']}, CPU port | {r['tta_accuracy']:.2%} | "
+                         f"{r['runs'][0]['plain_accuracy']:.2%} | {r['seconds']:.0f} | – | – | – | "
+                         f"{r['peak_rss_gib']:.2f} | {r['load_average_start']:.1f}–{r['load_average_end']:.1f} |")
             continue
         name = r["kind"] + (f" seed {r['seed']}" if r["kind"] == "fast" else "") + (
             f" ({r['epochs']} epochs)" if "epochs" in r else "")
