@@ -35,6 +35,39 @@ def command(backend: str, out: Path, args) -> list[str]:
     return cmd
 
 
+PROBE = '''
+import json, sys, time
+import numpy as np
+from cifarlab.registry import get_model, get_recipe
+from cifarlab.training import precision
+from cifarlab.training.portable import PortableTrainer
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 2000)
+out = {}
+for prec in ("fp32", "bf16"):
+    precision.apply(prec)
+    seconds = []
+    for epochs in (1, 2):  # each fit compiles its step once: the difference is one epoch of steps
+        trainer = PortableTrainer(get_model("quick").build(num_classes=10), get_recipe("quick"), x, y)
+        t0 = time.perf_counter()
+        trainer.fit(epochs)
+        seconds.append(time.perf_counter() - t0)
+    out[prec] = round((seconds[1] - seconds[0]) / trainer.steps_per_epoch, 3)
+print("RESULT=" + json.dumps(out))
+'''
+
+
+def precision_probe(backends: list[str]) -> dict:
+    """Seconds per training step of quick (batch 500) in fp32 and bf16 on each backend's portable loop."""
+    result = {}
+    for b in backends:
+        proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                              env={**__import__("os").environ, "KERAS_BACKEND": b})
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")]
+        result[b] = json.loads(line[0][7:]) if line else {"error": proc.stderr.strip().splitlines()[-1:]}
+    return result
+
+
 def figures(run: dict, out: Path) -> dict:
     if run["returncode"] != 0:
         return {"error": (run["stderr"].strip().splitlines() or ["?"])[-1], "wall_seconds": run["wall_seconds"]}
@@ -54,8 +87,20 @@ def main() -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--parallel", action="store_true", help="all backends at once (each slower)")
     ap.add_argument("--out", help="write the figures here only, not to results/ and RESULTS.md")
+    ap.add_argument("--precision-probe", action="store_true",
+                    help="instead: seconds per step of quick in fp32 and bf16 on each backend (the portable loop), "
+                         "which training.precision.CPU_BF16_PAYS records")
     args = ap.parse_args()
     backends = args.backends.split(",")
+    if args.precision_probe:
+        probe = {"machine": machine(), "seconds_per_step": precision_probe(backends)}
+        rows = ["| backend | fp32 s/step | bf16 s/step |", "|---|---|---|"]
+        rows += [f"| {b} | {p.get('fp32', '-')} | {p.get('bf16', '-')} |" for b, p in probe["seconds_per_step"].items()]
+        record("backends_precision", probe, "`benchmarks/backends.py --precision-probe`: quick, batch 500, the "
+               "portable loop, one epoch of 4 steps timed after compilation; a machine shared with other jobs.\n\n"
+               + "\n".join(rows))
+        print(json.dumps(probe, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="cifarlab-backends-") as tmp:
         outs = {b: Path(tmp) / b for b in backends}
         if args.parallel:

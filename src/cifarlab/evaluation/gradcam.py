@@ -78,10 +78,9 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
     positions first, as published). Returns float32 ``(N, H, W)`` in [0, 1], each map
     scaled so its peak is 1 (all zeros where no region speaks for the class).
     """
-    import keras
     from keras import ops
 
-    from cifarlab.training import backends
+    from cifarlab.backend import glue
 
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
@@ -94,7 +93,7 @@ def gradcam(model, images: np.ndarray, class_index=None, layer=None, batch_size:
         layer = model.get_layer(layer)
     layer = layer or last_conv_layer(model)
     body, head = _split(model, layer)
-    value_and_grad = backends.load(keras.backend.backend()).value_and_grad
+    value_and_grad = glue().value_and_grad
     n, h, w = x.shape[:3]
     if class_index is None:
         targets = None

@@ -15,7 +15,7 @@ conv gradient, ``tf.distribute``) is the faster path behind the same interface
   kernel frozen and its bias trained for the first ``whiten_bias_epochs`` only;
 - the weight average (``ema_decay``) and the epoch's loss/accuracy sums are part of the state.
 
-Only the gradient and compilation differ per backend (:mod:`cifarlab.training.backends`):
+Only the gradient and compilation differ per backend (:mod:`cifarlab.backend`):
 ``jax.jit`` + ``jax.value_and_grad``, ``tf.function`` + ``GradientTape``, PyTorch autograd.
 The state is a tuple of lists of backend tensors ``(trained, non_trainable, optimizer, ema,
 sums)``; the Keras variables are written from it only for checkpoints, evaluation and the end.
@@ -154,13 +154,13 @@ class PortableTrainer:
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
                  placement=None):
         from cifarlab.errors import CifarlabError
-        from cifarlab.training import backends
+        from cifarlab.backend import glue
 
         if recipe.optimizer not in ("sgd", "muon"):
             raise CifarlabError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
         if recipe.lookahead_every:
             raise CifarlabError("lookahead runs in the TensorFlow fast loop only (--backend tensorflow)")
-        self.glue = backends.load(keras.backend.backend())
+        self.glue = glue()
         self.distribution = placement.strategy if placement is not None and placement.kind == "dataparallel" else None
         self.model, self.recipe = model, recipe
         self.net = logits_model(model)

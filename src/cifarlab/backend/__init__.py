@@ -1,14 +1,32 @@
-"""Which Keras backend cifarlab runs on: TensorFlow, JAX or PyTorch.
+"""Which Keras backend cifarlab runs on (TensorFlow, JAX or PyTorch), and the little that differs per backend.
 
 Keras fixes its backend when it is first imported, from ``KERAS_BACKEND``. So the
 choice is made here, before anything imports Keras: ``--backend`` on the command
 line (:func:`use`), else ``KERAS_BACKEND``, else TensorFlow where it is installed
 (the default on CPU, with the fastest training loop there), else JAX, else PyTorch.
-Nothing here imports Keras or a backend.
+This module imports neither Keras nor a backend until asked.
+
+One module per backend (``tensorflow.py``, ``jax.py``, ``torch.py``, loaded by :func:`glue`)
+holds the gradient-and-compile glue, as Keras' own trainers are split
+(``keras/src/backend/{tensorflow,jax,torch}/trainer.py``); the training step itself is
+written once, in ``keras.ops`` (:mod:`cifarlab.training.portable`). Each has:
+
+- ``value_and_grad(fn)``: ``fn(values) -> (loss, aux)`` becomes ``values -> ((loss, aux), grads)``,
+  gradients of the scalar ``loss`` with respect to the list of tensors ``values``;
+- ``apply(optimizer, variables, opt_values, grads, values)``: one optimizer step on values,
+  returning the new ``(values, opt_values)`` (``stateless_apply`` where Keras allows it);
+- ``compile_step(fn)``: compile a training step ``fn(state, *arrays, whiten_bias_on=bool)``
+  (``whiten_bias_on`` static: each value compiles its own step);
+- ``compile_forward(fn)``: compile an inference function of tensors;
+- ``place(tree, distribution)``: the arrays as backend tensors, replicated over a
+  ``keras.distribution`` distribution where given.
+
+A new backend is one more module here.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -100,3 +118,8 @@ def gpu_capabilities() -> list[tuple[int, int]]:
     import torch
 
     return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+
+
+def glue(name: str | None = None):
+    """The glue module of backend ``name`` (default: the one Keras runs on)."""
+    return importlib.import_module(f"{__name__}.{name or current()}")
