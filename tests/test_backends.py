@@ -80,6 +80,7 @@ for name, argv in [("info", ["info", "--data", {str(archive)!r}]), ("summary", [
                    ("train", ["train", "--data", {str(archive)!r}, "--out", {str(run)!r}, *{TINY!r}]),
                    ("evaluate", ["evaluate", {str(run)!r}, "--json"]),
                    ("predict", ["predict", {str(run)!r}, {str(work / "cat.png")!r}, "--json"]),
+                   ("predict_csv", ["predict", {str(run)!r}, {str(work)!r}, "--out", {str(work / "p.csv")!r}]),
                    ("report", ["report", {str(run)!r}]),
                    ("export", ["export", {str(run)!r}, "--format", "onnx", "-o", {str(work / "m.onnx")!r}]),
                    ("mirrored", ["train", "--strategy", "mirrored", "--data", {str(archive)!r}])]:
@@ -97,7 +98,7 @@ print("RESULT=" + json.dumps(codes))
 def test_every_command_runs_on_jax_without_tensorflow(jax_run):
     codes = jax_run["codes"]
     assert not codes.pop("tensorflow_imported")
-    for name in ("info", "summary", "train", "evaluate", "predict", "report"):
+    for name in ("info", "summary", "train", "evaluate", "predict", "predict_csv", "report"):
         assert codes[name][0] == 0, (name, codes[name][1][-2000:])
     # TensorFlow-only features: one line, exit status 2
     for name in ("export", "mirrored"):
@@ -256,3 +257,16 @@ def test_jax_data_parallel_over_two_cpu_devices_trains_as_one_device():
     assert one[:2] == ["default", 1] and two[:2] == ["dataparallel", 2]
     assert abs(one[2] - two[2]) < 1e-2
     assert np.abs(np.array(one[3]) - np.array(two[3])).max() < 0.05
+
+
+def test_backend_flag_mistakes_are_one_line_errors(capsys):
+    import keras
+
+    from cifarlab.cli import main
+
+    assert main(["--backend", "mxnet", "list"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    other = "jax" if keras.backend.backend() != "jax" else "torch"  # this process's Keras is already imported
+    assert main(["list", "--backend", other]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifarlab: error: Keras already runs on") and len(err.splitlines()) == 1
