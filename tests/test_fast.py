@@ -37,19 +37,6 @@ def test_flip_where_mirrors_only_the_masked_images(images):
     np.testing.assert_array_equal(out[~mask], images[~mask])
 
 
-def test_translate_shifts_content_with_reflected_border(images):
-    import tensorflow as tf
-
-    from cifarlab.training.augment import translate
-
-    out = translate(tf.constant(images), 1, 1).numpy()
-    assert out.dtype == np.uint8 and out.shape == images.shape
-    np.testing.assert_array_equal(out[:, 1:, 1:], images[:, :-1, :-1])  # moved down and right by one
-    np.testing.assert_array_equal(out[:, 0, 1:], images[:, 1, :-1])  # top row mirrored from row 1
-    up = translate(tf.constant(images), -2, 0).numpy()
-    np.testing.assert_array_equal(up[:, :-2], images[:, 2:])
-
-
 def test_random_translate_gives_shifted_crops_within_the_pad(images):
     import tensorflow as tf
 
@@ -199,17 +186,6 @@ def test_a_few_steps_lower_the_loss(name, slice_data):
         np.testing.assert_allclose(part[rest], ours[rest], atol=1e-6)
     finally:
         precision.apply("fp32")
-
-
-def test_uncertain_picks_the_least_confident_rows():
-    from cifarlab.inference.tta import uncertain
-
-    logits = np.array([[5.0, 0.0, 0.0], [0.1, 0.0, -9.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.5, -9.0],
-                       [2.0, 2.0, -9.0]], np.float32)
-    # Ties between the top two classes first, then the narrowest margins; a third class does not count.
-    np.testing.assert_array_equal(uncertain(logits, 0.5), [1, 3, 5])
-    np.testing.assert_array_equal(uncertain(logits, 1.0), np.arange(6))
-    assert len(uncertain(logits, 0.01)) == 1 and uncertain(logits, 0.01)[0] in (3, 5)  # at least one row
 
 
 def test_quick_run_directory_records_precision_and_tta(tmp_path):

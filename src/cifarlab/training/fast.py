@@ -31,11 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from cifarlab.inference.predict import softmax
-from cifarlab.inference.tta import uncertain
+from cifarlab.inference.tta import EVAL_BATCH, tta_predict, view
 from cifarlab.models.fast import init_whitening, logits_model, model_flops
 from cifarlab.training import augment, ops
-
-EVAL_BATCH = 1000
 
 
 def lr_factor(step: int, total: int, warmup: float, start: float, end: float) -> float:
@@ -420,17 +418,14 @@ class FastTrainer:
             self.ema_in_model = False
 
     def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
-        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored.
+        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored
+        (:func:`cifarlab.inference.tta.view`): a logits function for :mod:`cifarlab.inference.tta`.
 
         With ``recipe.ema_decay`` these are the averaged weights' logits."""
         out = []
         with self._averaged_weights():
             for i in range(0, len(x), EVAL_BATCH):
-                xb = tf.constant(x[i: i + EVAL_BATCH])
-                if flip:
-                    xb = tf.reverse(xb, axis=[2])
-                xb = augment.translate(xb, dy, dx)
-                out.append(self._logits(xb).numpy())
+                out.append(self._logits(view(tf.constant(x[i: i + EVAL_BATCH]), dy, dx, flip)).numpy())
         return np.concatenate(out)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -438,28 +433,10 @@ class FastTrainer:
         return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
-        """float32 probabilities with test-time augmentation (``recipe.tta``).
-
-        ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``: mean
-        logits of 6 views, the image and its shifts by one pixel up-left and down-right,
-        each also mirrored (airbench weights the unshifted pair by half; equal weights
-        scored +0.027 points on average over 20 trained ``fast`` nets, higher on 12, lower
-        on 6). With ``recipe.tta_share`` below 1 only that share of the images, the least
-        confident by the plain pass (:func:`uncertain`), gets the other views; the rest keep
-        their plain logits.
-        """
-        mode = self.recipe.tta
-        if mode == "none":
-            return self.predict(x)
+        """float32 probabilities with test-time augmentation: ``recipe.tta`` on ``recipe.tta_share`` of
+        the images, by :func:`cifarlab.inference.tta.tta_predict` on this loop's compiled logits."""
         with self._averaged_weights():  # once for all passes
-            plain = self.logits(x)
-            idx = uncertain(plain, self.recipe.tta_share)
-            xs = x[idx]
-            views = [plain[idx], self.logits(xs, flip=True)]
-            if mode == "flip_translate":
-                views += [self.logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
-        plain[idx] = np.mean(views, axis=0)
-        return softmax(plain)
+            return tta_predict(self.logits, x, self.recipe.tta, self.recipe.tta_share)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
