@@ -160,8 +160,9 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
     with stop:
-        model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)  # train_batches shuffles itself
+        model.fit(train_batches, epochs=recipe.epochs, initial_epoch=ckpt.initial_epoch(recipe.epochs),
+                  validation_data=val_batches, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
     history = ckpt.history_frame()  # every epoch, including those before a resume
