@@ -7,7 +7,6 @@ import resource
 import shutil
 import signal
 import subprocess
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -84,7 +83,7 @@ def make_trainer(data):
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.fast import FastTrainer
 
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    recipe = get_recipe("quick").with_overrides(batch_size=128, whiten_init_images=256)  # 4 steps per epoch
     keras.utils.set_random_seed(0)
     return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
 

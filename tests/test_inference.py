@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,9 +59,9 @@ def test_keras_tta_matches_the_fast_loops_compiled_tta(images):
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     model = build_quick()
-    recipe = replace(get_recipe("quick"), tta="flip_translate", tta_share=0.5, whiten_init_images=40, ema_decay=0.0)
+    recipe = get_recipe("quick").with_overrides(tta="flip_translate", tta_share=0.5, whiten_init_images=40, ema_decay=0.0)
     trainer = FastTrainer(model, recipe, x, np.zeros(40, np.int64))  # sets the whitening layer from x
-    ours = tta_predict(KerasLogits(model, batch_size=16), x, recipe.tta, recipe.tta_share)
+    ours = tta_predict(KerasLogits(model, batch_size=16), x, recipe.options.tta, recipe.options.tta_share)
     np.testing.assert_allclose(ours, trainer.predict_tta(x), atol=1e-5)
     assert not np.allclose(ours, trainer.predict(x), atol=1e-5)  # the views did change something
     plain = tta_predict(KerasLogits(model), x, "none")

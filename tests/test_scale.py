@@ -122,7 +122,6 @@ def test_fast_loop_on_one_device_two_devices_two_workers_agree(small_archive, tm
 def test_the_fast_loops_distributed_step_on_one_replica_is_the_one_device_step(small_archive):
     """The distributed step's machinery (split, all-reduce, merge call, mirrored updates, summed counts) adds
     nothing: under a one-replica MirroredStrategy it ends with the one-device loop's weights."""
-    from dataclasses import replace
 
     import keras
     import numpy as np
@@ -135,7 +134,7 @@ def test_the_fast_loops_distributed_step_on_one_replica_is_the_one_device_step(s
 
     data = load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)
     # 4 steps per epoch; the first 2 on 24x24 windows (progressive resizing), the rest on whole images
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256, crops=((24, 0.25),))
+    recipe = get_recipe("quick").with_overrides(batch_size=128, whiten_init_images=256, crops=((24, 0.25),))
     placement = Placement(tf.distribute.MirroredStrategy(["/cpu:0"]), "mirrored", 1)
     results = []
     for where in (None, placement):

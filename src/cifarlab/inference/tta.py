@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cifarlab.inference.predict import softmax
-
-MODES = ("none", "flip", "flip_translate")
+from cifarlab.recipes import TTA_MODES as MODES
 EVAL_BATCH = 1000  # images per model call
 
 

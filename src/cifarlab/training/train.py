@@ -148,10 +148,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     callbacks = []
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
-    if recipe.early_stopping_patience is not None:
+    if recipe.options.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor, patience=recipe.early_stopping_patience,
-            restore_best_weights=recipe.restore_best_weights))
+            monitor=recipe.options.monitor, patience=recipe.options.early_stopping_patience,
+            restore_best_weights=recipe.options.restore_best_weights))
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
     ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
