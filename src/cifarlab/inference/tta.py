@@ -54,7 +54,7 @@ def tta_logits(logits, x: np.ndarray, mode: str, share: float = 1.0) -> np.ndarr
 
     ``logits``: a logits function (see the module docstring). Each image's logits are the mean of
     its views' (:func:`views`), with equal weights (airbench weights the unshifted pair by half;
-    equal weights scored +0.027 points over 20 trained ``fast`` nets, see benchmarks/RESULTS.md).
+    equal weights scored a little higher: benchmarks/RESULTS.md, 2026-11-29).
     With ``share`` below 1 only that share of the images, the least confident by the plain pass
     (:func:`uncertain`), gets the other views; the rest keep their plain logits.
     """

@@ -131,10 +131,9 @@ class FastTrainer:
                         if recipe.options.ema_decay else [])
             self.ema_count = tf.Variable(0.0, trainable=False)
         self.ema_in_model = False  # True once fit() has left the averaged weights in the model
-        jit = bool(jit_compile)  # benchmarks/profile_step.py --jit: a whole XLA step, 5x slower here
-        # No AutoGraph: every branch and loop in these functions is on Python values (recipe fields,
-        # static shapes), so there is nothing for it to convert, and its source-to-source pass was
-        # 1.0 of the 1.3 s it took to trace a step (quick: a sixth of its time to 65 %).
+        jit = bool(jit_compile)  # off: XLA's CPU convolutions bypass oneDNN (benchmarks/profile_step.py --jit)
+        # No AutoGraph: every branch and loop here is on Python values (recipe fields, static shapes),
+        # so it has nothing to convert, and its pass took most of the time to trace a step.
         function = functools.partial(tf.function, autograph=False)
         if self.strategy is None:
             self._step = function(self._train_step, jit_compile=jit)
@@ -178,7 +177,7 @@ class FastTrainer:
 
         A Python bool, so each value compiles its own step: once the whitening bias is frozen its
         gradient is not asked for, and TensorFlow drops the backward pass through the first 3x3 conv
-        to its input (24 channels at 31x31, 0.1 s of a 2.1 s step here) that only that gradient needs.
+        to its input that only that gradient needs.
         """
         return [k for k in range(len(self.vars)) if whiten_bias_on or not self.is_whiten_bias[k]]
 
