@@ -124,11 +124,11 @@ def test_models_build_without_lambda_and_output_probabilities(name):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_whitening_init_decorrelates_patches(shared_archive):
+def test_whitening_init_decorrelates_patches(small_archive):
     from cifarlab.data import load_dataset
     from cifarlab.models.fast import build_quick, init_whitening, patches
 
-    x = load_dataset(str(shared_archive), validate_on="test", limit=1000, quiet=True).x_train
+    x = load_dataset(str(small_archive), validate_on="test", limit=1000, quiet=True).x_train
     model = build_quick()
     init_whitening(model, x)
     layer = model.get_layer("whiten")
@@ -141,10 +141,11 @@ def test_whitening_init_decorrelates_patches(shared_archive):
 
 
 @pytest.fixture(scope="module")
-def slice_data(shared_archive):
+def slice_data(small_archive):
     from cifarlab.data import load_dataset
 
-    return load_dataset(str(shared_archive), validate_on="test", limit=512, quiet=True)
+    # 512 training images; x_val/x_test are the slice's 500 test images (evaluated every epoch).
+    return load_dataset(str(small_archive), validate_on="test", limit=512, quiet=True)
 
 
 @pytest.mark.parametrize("name", ["fast", "quick"])

@@ -71,10 +71,10 @@ class StopAfter:
 
 
 @pytest.fixture(scope="module")
-def data(shared_archive):
+def data(small_archive):
     from cifarlab.data import load_dataset
 
-    return load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
+    return load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)  # 500 test images
 
 
 def make_trainer(data):

@@ -33,7 +33,8 @@ def quiet_env() -> dict:
 
 def test_one_device_two_devices_two_workers_agree(seed_run, shared_archive, tmp_path):
     # seed_run: 1 epoch of the seed recipe on 2,000 images, seed 0, one device (conftest).
-    same = ["--recipe", "seed", "--data", str(shared_archive), "--limit", "2000", "--epochs", "1", "--seed", "0", "--quiet"]
+    same = ["--recipe", "seed", "--data", str(shared_archive), "--limit", "2000", "--epochs", "1", "--seed", "0",
+            "--no-report", "--quiet"]  # the report is tested elsewhere
     mirrored = subprocess.Popen(cli("train", *same, "--strategy", "mirrored", "--devices", "2",
                                     "--out", str(tmp_path / "mirrored")),
                                 env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
