@@ -9,10 +9,10 @@ models here keep their softmax and the loss in float32.
 from __future__ import annotations
 
 from cifarlab.errors import CifarlabError
+from cifarlab.recipes import PRECISIONS as CHOICES
 
-CHOICES = ("auto", "bf16", "fp16", "fp32")
 # On a CPU with bf16 instructions, whether bf16 trains faster than fp32 on each backend
-# (measured on the quick recipe: benchmarks/RESULTS.md, "Backends").
+# (measured on the quick recipe: benchmarks/RESULTS.md, "backends_precision").
 CPU_BF16_PAYS = {"tensorflow": True, "jax": False, "torch": False}
 POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
 
@@ -27,16 +27,13 @@ def cpu_has_bf16() -> bool:
 
 
 def gpu_has_bf16() -> bool:
-    """True when a GPU of the current backend has compute capability 8.0 or newer (Ampere, Hopper)."""
-    from cifarlab.backend import gpu_capabilities
+    import tensorflow as tf
 
-    return any(cc >= (8, 0) for cc in gpu_capabilities())
-
-
-def has_gpu() -> bool:
-    from cifarlab.backend import gpu_capabilities
-
-    return bool(gpu_capabilities())
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if cc >= (8, 0):
+            return True
+    return False
 
 
 def resolve(precision: str) -> str:
@@ -45,12 +42,10 @@ def resolve(precision: str) -> str:
         raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {precision!r}")
     if precision != "auto":
         return precision
-    if has_gpu():
-        return "bf16" if gpu_has_bf16() else "fp32"
-    from cifarlab.backend import current
+    import tensorflow as tf
 
-    if not CPU_BF16_PAYS[current()]:
-        return "fp32"
+    if tf.config.list_physical_devices("GPU"):
+        return "bf16" if gpu_has_bf16() else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

@@ -160,10 +160,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     callbacks = []
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
-    if recipe.early_stopping_patience is not None:
+    if recipe.options.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor, patience=recipe.early_stopping_patience,
-            restore_best_weights=recipe.restore_best_weights))
+            monitor=recipe.options.monitor, patience=recipe.options.early_stopping_patience,
+            restore_best_weights=recipe.options.restore_best_weights))
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
     ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
@@ -172,8 +172,9 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
     with stop:
-        model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)  # train_batches shuffles itself
+        model.fit(train_batches, epochs=recipe.epochs, initial_epoch=ckpt.initial_epoch(recipe.epochs),
+                  validation_data=val_batches, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
     history = ckpt.history_frame()  # every epoch, including those before a resume
