@@ -31,8 +31,8 @@ import tensorflow as tf
 from cifarlab.inference.predict import softmax
 from cifarlab.inference.tta import EVAL_BATCH, tta_predict, view
 from cifarlab.models.fast import init_whitening, logits_model
-from cifarlab.training import augment, ops, portable
-from cifarlab.training.portable import EvalPoint, FastResult, lr_factor  # noqa: F401 - also this module's API
+from cifarlab.training import augment, loop, ops
+from cifarlab.training.loop import EvalPoint, FastResult, lr_factor  # noqa: F401 - also this module's API
 
 
 class FastTrainer:
@@ -145,7 +145,7 @@ class FastTrainer:
     def _crop_at(self, step: int, total: int) -> int:
         """The window size step ``step`` of ``total`` trains on, by ``recipe.options.crops``, or 0 for whole images
         (a Python int, so each size compiles its own step)."""
-        return portable.crop_at(self.recipe, step, total)
+        return loop.crop_at(self.recipe, step, total)
 
     def _trained(self, whiten_bias_on: bool) -> list[int]:
         """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
@@ -233,8 +233,8 @@ class FastTrainer:
             self.seen.numpy()
 
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
-        """:func:`cifarlab.training.portable.train_flops` of this trainer's model, recipe and batch."""
-        return portable.train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.x.shape[1])
+        """:func:`cifarlab.training.loop.train_flops` of this trainer's model, recipe and batch."""
+        return loop.train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.x.shape[1])
 
     # -- the same step under a tf.distribute strategy ----------------------------------------
 

@@ -27,7 +27,6 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
@@ -36,31 +35,8 @@ from keras import ops
 
 from cifarlab.inference.predict import softmax
 from cifarlab.inference.tta import EVAL_BATCH, tta_predict
-from cifarlab.models.fast import init_whitening, logits_model, model_flops
-
-def lr_factor(step: int, total: int, end: float) -> float:
-    """The learning rate's factor at ``step`` of ``total``: 1 at the start, falling linearly to ``end`` at the end."""
-    return 1 + (end - 1) * (step / max(total, 1))
-
-
-@dataclass
-class EvalPoint:
-    """Accuracy measured during training; ``train_seconds`` excludes time spent evaluating."""
-
-    step: int
-    epoch: float
-    train_seconds: float
-    accuracy: float
-
-
-@dataclass
-class FastResult:
-    history: list[dict] = field(default_factory=list)  # one dict per epoch
-    evals: list[EvalPoint] = field(default_factory=list)
-    train_seconds: float = 0.0
-    steps: int = 0
-    images: int = 0
-
+from cifarlab.models.fast import init_whitening, logits_model
+from cifarlab.training.loop import EvalPoint, FastResult, crop_at, train_flops
 
 # -- augmentation as index arithmetic (host side) and one gather (in the step) ------------------
 
@@ -91,22 +67,6 @@ def gather_views(x, rows, cols):
     """Images ``x`` ``(n, H, W, C)`` read at ``rows`` ``(n, h)`` and ``cols`` ``(n, w)`` -> ``(n, h, w, C)``, same dtype."""
     x = ops.take_along_axis(x, rows[:, :, None, None], axis=1)
     return ops.take_along_axis(x, cols[:, None, :, None], axis=2)
-
-
-def crop_at(recipe, step: int, total: int) -> int:
-    """The window size step ``step`` of ``total`` trains on, by ``recipe.options.crops``, or 0 for whole images."""
-    return next((size for size, until in recipe.options.crops if step < round(until * total)), 0)
-
-
-def train_flops(model, recipe, batch_size: int, stop: int, start: int = 0, total: int | None = None,
-                size: int = 32) -> int:
-    """Multiply-add FLOPs of steps ``start`` to ``stop - 1`` of a run of ``total`` steps (default: a whole
-    run of ``stop``), forward + backward counted as 3 forward passes per image, at the window sizes
-    of the progressive resizing."""
-    total = stop if total is None else total
-    sizes = [crop_at(recipe, s, total) or size for s in range(start, stop)]
-    per_image = {s: model_flops(model, s) for s in set(sizes)}
-    return 3 * batch_size * sum(per_image[s] for s in sizes)
 
 
 def label_smoothed_loss(logits, y, num_classes: int, eps: float):
