@@ -27,13 +27,16 @@ def cpu_has_bf16() -> bool:
 
 
 def gpu_has_bf16() -> bool:
-    import tensorflow as tf
+    """True when a GPU of the current backend has compute capability 8.0 or newer (Ampere, Hopper)."""
+    from cifarlab.backend import gpu_capabilities
 
-    for gpu in tf.config.list_physical_devices("GPU"):
-        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-        if cc >= (8, 0):
-            return True
-    return False
+    return any(cc >= (8, 0) for cc in gpu_capabilities())
+
+
+def has_gpu() -> bool:
+    from cifarlab.backend import gpu_capabilities
+
+    return bool(gpu_capabilities())
 
 
 def resolve(precision: str) -> str:
@@ -42,10 +45,12 @@ def resolve(precision: str) -> str:
         raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {precision!r}")
     if precision != "auto":
         return precision
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
+    if has_gpu():
         return "bf16" if gpu_has_bf16() else "fp32"
+    from cifarlab.backend import current
+
+    if not CPU_BF16_PAYS[current()]:
+        return "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
