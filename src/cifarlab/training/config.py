@@ -35,23 +35,37 @@ class TrainConfig:
     strategy: str = "auto"  # distribution: auto | mirrored | multiworker (training.distribute)
     devices: int | None = None  # local devices (GPUs, or logical CPUs) per worker
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints; None: the default, 0: epochs only
+    overrides: dict | None = None  # recipe field -> value (--set key=value; training.overrides)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        """A run's ``config.json``, or a config file of TrainConfig fields in JSON or YAML (``cifarlab tune``'s best)."""
         try:
-            saved = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+            if Path(path).suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                try:
+                    saved = yaml.safe_load(text)
+                except yaml.YAMLError as e:
+                    raise ValueError(str(e).replace("\n", " ")) from None
+            else:
+                saved = json.loads(text)
             fields = saved.get("request", saved)
             return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError) as e:
             raise CifarlabError(f"{path}: not a cifarlab config.json ({e})") from None
 
 
 def resolve(cfg: TrainConfig):
     """Check a config without touching TensorFlow; return its (Recipe, ModelSpec)."""
     from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training.overrides import override_recipe
     from cifarlab.training.precision import CHOICES
 
-    recipe = get_recipe(cfg.recipe).with_overrides(
+    if cfg.overrides is not None and not isinstance(cfg.overrides, dict):
+        raise CifarlabError(f"overrides must map recipe fields to values, not {cfg.overrides!r}")
+    recipe = override_recipe(get_recipe(cfg.recipe), cfg.overrides).with_overrides(
         epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, precision=cfg.precision)
     spec = get_model(cfg.model or recipe.model)
     for name in ("epochs", "batch_size", "limit"):
