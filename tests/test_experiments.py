@@ -32,8 +32,9 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
 
-def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), env=env(), capture_output=True, text=True, timeout=timeout, **kw)
+def run_cli(*args, timeout=300, extra_env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=timeout, **kw)
 
 
 def tiny(archive, epochs=1) -> list[str]:
@@ -263,19 +264,26 @@ def test_a_study_killed_mid_trial_resumes_the_trial_and_best_yaml_is_a_train_con
 
 @pytest.fixture
 def ray_head(tmp_path_factory):
-    """A Ray head on 127.0.0.1 (``ray start --head --block``), stopped by its own process (never `ray stop`)."""
+    """A Ray head on 127.0.0.1 (``ray start --head --block``), stopped by its own process (never `ray stop`).
+
+    Yields its address and the environment a driver needs: a token of its own (Ray's token
+    authentication), so the test neither reads nor writes ~/.ray/auth_token.
+    """
+    import secrets
+
     ray_bin = Path(sys.executable).with_name("ray")
     if not ray_bin.exists():
         pytest.skip("ray is not installed")
     port = closed_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     temp = Path(f"/tmp/cl-ray-{os.getpid()}")  # short: Ray's socket paths have a length limit
     proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--port", str(port), "--node-ip-address",
                              "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
                              "--ray-client-server-port", str(closed_port()), "--temp-dir", str(temp)],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**env(), **auth}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _answers(port), 120, "the Ray head", proc)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", auth
     finally:
         proc.terminate()
         try:
@@ -297,8 +305,10 @@ def _answers(port: int) -> bool:
 
 def test_a_sweep_on_a_ray_cluster(small_archive, tmp_path, ray_head):
     out = tmp_path / "ray-sweep"
+    address, auth = ray_head
     time.sleep(3)  # the raylet registers a moment after the GCS port opens
-    r = run_cli("sweep", *tiny(small_archive), "--seeds", "0-1", "--ray", ray_head, "-o", out, timeout=400)
+    r = run_cli("sweep", *[a for a in tiny(small_archive) if a != "--quiet"], "--seeds", "0-1", "--ray", address,
+                "-o", out, timeout=400, extra_env=auth)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ray" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -329,11 +339,8 @@ def mlflow_server(tmp_path):
         wait_for(healthy, 120, "the MLflow server", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its uvicorn workers
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the server and its workers (a throwaway database)
+        proc.wait(30)
 
 
 def test_train_track_logs_params_epochs_report_and_model_to_an_mlflow_server(small_archive, tmp_path, mlflow_server):

@@ -245,7 +245,7 @@ class RayPool:
         self.slots = workers or max(1, fit)
         self.cpus, self.gpus, self.address = cpus, gpus, address
         self.mailbox = _ray_mailbox_class().remote()
-        self.task = ray.remote(_ray_trial).options(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=0)
+        self.task = ray.remote(max_calls=1, max_retries=0)(_ray_trial).options(num_cpus=cpus, num_gpus=gpus)
         self.running: dict = {}  # ObjectRef -> key
         self._epochs: dict[str, int] = {}  # key -> the epoch its answer is for
 
