@@ -37,6 +37,8 @@ def plot_bands(trials: list[dict], path: Path) -> Path:
     from cifarlab.evaluation.plots import _plt, _save
 
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     h = pd.concat([t["history"].assign(trial=t["name"]) for t in trials], ignore_index=True)
     for ax, (metric, label) in zip(axes, CURVES):
@@ -50,6 +52,7 @@ def plot_bands(trials: list[dict], path: Path) -> Path:
             mean, std = g.mean(), g.std(ddof=1).fillna(0)
             ax.plot(mean.index, mean.values, color=colour, marker="o", linewidth=2, label=f"{name} (mean)")
             ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label} per epoch, {len(trials)} trials")
@@ -59,7 +62,7 @@ def plot_bands(trials: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_distribution(values: np.ndarray, seconds: np.ndarray, metric: str, path: Path) -> Path:
+def plot_distribution(values: np.ndarray, seconds: np.ndarray, names: list[str], metric: str, path: Path) -> Path:
     """Final ``metric`` per trial (strip plot with the mean and its 95 % interval), and seconds per trial."""
     from cifarlab.evaluation.plots import _plt, _save
     from cifarlab.experiments.stats import summarize
@@ -70,7 +73,7 @@ def plot_distribution(values: np.ndarray, seconds: np.ndarray, metric: str, path
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"final {metric}")
     bx.bar(np.arange(len(seconds)), seconds, color="#4c78a8")
-    bx.set_xlabel("trial")
+    bx.set_xticks(np.arange(len(seconds)), names, rotation=45 if len(names) > 8 else 0, fontsize=8)
     bx.set_ylabel("training seconds")
     bx.set_title("time per trial")
     bx.grid(alpha=0.3, axis="y")
@@ -142,7 +145,7 @@ def sweep_html(summary: dict, frame, trials: list[dict]) -> str:
     if trials:
         curves = figure_uri(lambda p: plot_bands(trials, p))
         secs = frame["train_seconds"].to_numpy(float) if "train_seconds" in frame else np.zeros(len(frame))
-        distribution = figure_uri(lambda p: plot_distribution(frame[head].to_numpy(float), secs, head, p))
+        distribution = figure_uri(lambda p: plot_distribution(frame[head].to_numpy(float), secs, list(frame["trial"]), head, p))
     return _env().get_template("sweep.html.j2").render(
         title=f"cifarlab sweep: {Path(summary['sweep']).name}", spec=spec, overrides=_overrides(spec["train"].get("overrides")),
         n=summary["trials"], seeds=", ".join(map(str, summary["seeds"])) or "none", missing=summary["missing"],

@@ -134,7 +134,7 @@ def tune(recipe: str, space_file: str | os.PathLike, trials: int, out: str | os.
          study_name: str | None = None, data: str | None = None, dataset: str = "cifar10", limit: int | None = None,
          epochs: int | None = None, seed: int = 0, workers: int | None = None, ray: str | None = None,
          cpus_per_trial: float = 1, gpus_per_trial: float = 0, retries: int = 2, tracker=None, report: bool = False,
-         startup_trials: int = 5, warmup_epochs: int = 1, quiet: bool = False) -> dict:
+         startup_trials: int = 5, warmup_epochs: int = 2, quiet: bool = False) -> dict:
     """Run the study until ``trials`` trials are complete or pruned; return the best (``best.yaml``'s content)."""
     import optuna
     from optuna.trial import TrialState
