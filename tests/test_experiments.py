@@ -168,6 +168,16 @@ def test_bad_input_on_the_command_line_is_one_line_exit_2_and_nothing_written(sm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
 
 
+def test_workers_get_even_shares_of_the_cores_and_gpus():
+    from cifarlab.experiments.execution import LocalPool, core_shares
+
+    assert core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
+    assert core_shares(3, [0, 1]) == [[0], [1], [0]]
+    pool = LocalPool(2, Path("unused"), cores=[0, 1, 2, 3], gpus=["0", "1", "2"])
+    assert pool.describe()["gpus"] == [["0", "1"], ["2"]]
+    assert LocalPool(2, Path("unused"), cores=[0, 1], gpus=[]).describe()["gpus"] is None
+
+
 # ------------------------------------------------------------------ real runs
 
 

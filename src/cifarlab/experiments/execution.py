@@ -58,20 +58,38 @@ def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]
     return shares
 
 
-class LocalPool:
-    """``workers`` local processes (``python -m cifarlab.experiments.worker``), one per running trial."""
+def local_gpus() -> list[str]:
+    """This machine's GPUs as CUDA_VISIBLE_DEVICES entries: that variable's, else one per ``nvidia-smi -L`` line."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
-    def __init__(self, workers: int, log_dir: Path, cores: list[int] | None = None):
+
+class LocalPool:
+    """``workers`` local processes (``python -m cifarlab.experiments.worker``), one per running trial.
+
+    With GPUs, each worker also sees only its share of them (``CUDA_VISIBLE_DEVICES``, split as
+    the cores are); workers sharing a GPU allocate its memory as they need it.
+    """
+
+    def __init__(self, workers: int, log_dir: Path, cores: list[int] | None = None, gpus: list[str] | None = None):
         if workers < 1:
             raise CifarlabError(f"--workers must be at least 1, not {workers}")
         self.shares = core_shares(workers, cores)
+        gpus = local_gpus() if gpus is None else gpus
+        self.gpu_shares = [[gpus[i] for i in share] for share in core_shares(workers, list(range(len(gpus))))] \
+            if gpus else None
         self.free_slots = list(range(workers))
         self.log_dir = log_dir
         self.running: dict[str, dict] = {}
         self.messages: queue.Queue = queue.Queue()
 
     def describe(self) -> dict:
-        return {"executor": "local", "workers": len(self.shares), "cores": self.shares}
+        return {"executor": "local", "workers": len(self.shares), "cores": self.shares, "gpus": self.gpu_shares}
 
     def free(self) -> int:
         return len(self.free_slots)
@@ -85,6 +103,10 @@ class LocalPool:
         job = {**job, "threads": len(cores)}
         env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), "TF_NUM_INTRAOP_THREADS": str(len(cores)),
                "TF_NUM_INTEROP_THREADS": str(min(2, len(cores))), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if self.gpu_shares:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_shares[slot])
+            if len(self.shares) > len(set(sum(self.gpu_shares, []))):  # shared GPUs: no worker takes all memory
+                env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{job['key']}.log", "ab") as log:
 

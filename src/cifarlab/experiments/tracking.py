@@ -73,6 +73,8 @@ class MlflowTracker:
         from cifarlab.training.config import TrainConfig, resolve
 
         self.check()
+        if "mlflow_run_id" in job:  # a retry: the lost attempt's run ends as failed
+            self._safely("set_terminated", self.client.set_terminated, job.pop("mlflow_run_id"), "FAILED")
         cfg = job["config"]
         recipe, _ = resolve(TrainConfig(**cfg))
         run = self._safely("start", self.client.create_run, self.experiment_id, run_name=job["key"],
