@@ -149,8 +149,10 @@ def _experiment_parsers(sub):
         p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
         p.add_argument("--epochs", type=int, metavar="N", help="override the recipe's number of epochs")
         p.add_argument("--workers", type=int, metavar="N",
-                       help="trials at a time: local processes, each pinned to its share of the cores (default 1); "
+                       help="trials at a time: local processes, each with its share of the cores as threads (default 1); "
                             "with --ray, at most N Ray tasks (default: as many as the cluster's CPUs hold)")
+        p.add_argument("--pin-cores", action="store_true",
+                       help="pin each local worker to its cores (a machine of its own; on a shared one it can hurt)")
         p.add_argument("--ray", metavar="auto|local|HOST:PORT",
                        help="run the trials on a Ray cluster: auto (the running one), local (start one here) or its address")
         p.add_argument("--cpus-per-trial", type=float, default=1, metavar="N", help="Ray: CPUs per trial (default 1)")
@@ -301,7 +303,7 @@ def _experiment_kwargs(args) -> dict:
     return {"recipe": args.recipe, "data": args.data, "dataset": args.dataset, "limit": args.limit,
             "epochs": args.epochs, "overrides": parse_assignments(args.overrides), "workers": args.workers,
             "ray": args.ray, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "retries": args.retries, "report": not args.no_report, "quiet": args.quiet,
+            "retries": args.retries, "report": not args.no_report, "quiet": args.quiet, "pin_cores": args.pin_cores,
             "tracker": parse_track(args.track, Path(args.out or args.recipe).name)}
 
 

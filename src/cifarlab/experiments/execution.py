@@ -6,8 +6,9 @@ per attempt. :func:`drive` keeps the pool full, answers the epochs, and retries 
 attempt whose worker died (killed, out of memory, crashed) up to ``retries`` times:
 the retry trains in the same run directory, so it resumes from the last checkpoint.
 
-- :class:`LocalPool`: ``--workers N`` processes on this machine, each pinned to its
-  share of the CPU cores (``sched_setaffinity``) with as many TensorFlow/OpenMP threads;
+- :class:`LocalPool`: ``--workers N`` processes on this machine, each with its share of the
+  CPU cores as TensorFlow/OpenMP threads (and pinned to those cores with ``pin=True``:
+  on a machine shared with other jobs, pinning can leave a worker on the busier core);
   a worker dies with its driver (``PR_SET_PDEATHSIG``), so a killed sweep leaves no orphans.
 - :class:`RayPool`: ``--ray auto|local|HOST:PORT``, one Ray task per trial with
   ``num_cpus``/``num_gpus`` resources, in a fresh worker process each (``max_calls=1``).
@@ -76,10 +77,12 @@ class LocalPool:
     the cores are); workers sharing a GPU allocate its memory as they need it.
     """
 
-    def __init__(self, workers: int, log_dir: Path, cores: list[int] | None = None, gpus: list[str] | None = None):
+    def __init__(self, workers: int, log_dir: Path, cores: list[int] | None = None, gpus: list[str] | None = None,
+                 pin: bool = False):
         if workers < 1:
             raise CifarlabError(f"--workers must be at least 1, not {workers}")
         self.shares = core_shares(workers, cores)
+        self.pin = pin
         gpus = local_gpus() if gpus is None else gpus
         self.gpu_shares = [[gpus[i] for i in share] for share in core_shares(workers, list(range(len(gpus))))] \
             if gpus else None
@@ -89,7 +92,8 @@ class LocalPool:
         self.messages: queue.Queue = queue.Queue()
 
     def describe(self) -> dict:
-        return {"executor": "local", "workers": len(self.shares), "cores": self.shares, "gpus": self.gpu_shares}
+        return {"executor": "local", "workers": len(self.shares), "cores": self.shares, "pinned": self.pin,
+                "gpus": self.gpu_shares}
 
     def free(self) -> int:
         return len(self.free_slots)
@@ -112,7 +116,7 @@ class LocalPool:
 
             def child() -> None:
                 _pdeathsig()
-                if hasattr(os, "sched_setaffinity"):
+                if self.pin and hasattr(os, "sched_setaffinity"):
                     os.sched_setaffinity(0, cores)
 
             proc = subprocess.Popen([sys.executable, "-m", "cifarlab.experiments.worker"], stdin=subprocess.PIPE,
@@ -311,11 +315,11 @@ class RayPool:
 
 
 def make_pool(workers: int | None, ray: str | None, log_dir: Path, cpus_per_trial: float = 1,
-              gpus_per_trial: float = 0):
+              gpus_per_trial: float = 0, pin: bool = False):
     """The pool a command's ``--workers`` / ``--ray`` / ``--cpus-per-trial`` / ``--gpus-per-trial`` ask for."""
     if ray:
         return RayPool(ray, workers, cpus_per_trial, gpus_per_trial)
-    return LocalPool(workers or 1, log_dir)
+    return LocalPool(workers or 1, log_dir, pin=pin)
 
 
 def drive(pool, next_job: Callable[[], dict | None], on_result: Callable[[dict, dict], None],

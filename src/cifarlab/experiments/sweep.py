@@ -77,7 +77,7 @@ def sweep(recipe: str, seeds: list[int], out: str | os.PathLike, overrides: dict
           data: str | None = None, dataset: str = "cifar10", limit: int | None = None, epochs: int | None = None,
           model: str | None = None, coarse: bool = False, report: bool = True, workers: int | None = None,
           ray: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0, retries: int = 2,
-          tracker=None, quiet: bool = False) -> dict:
+          tracker=None, quiet: bool = False, pin_cores: bool = False) -> dict:
     """Train ``recipe`` once per seed into ``out`` (skipping finished trials) and write the summary.
 
     Returns the summary (what ``summary.json`` holds).
@@ -91,7 +91,7 @@ def sweep(recipe: str, seeds: list[int], out: str | os.PathLike, overrides: dict
     for seed in seeds[:1]:  # a typo in a name, a field or a value fails now, before any worker starts
         resolve(TrainConfig(**train_fields, seed=seed))
     spec = check_spec(out, {"train": train_fields, "seeds": seeds, "report": report})
-    pool = execution.make_pool(workers, ray, out / "logs", cpus_per_trial, gpus_per_trial)
+    pool = execution.make_pool(workers, ray, out / "logs", cpus_per_trial, gpus_per_trial, pin_cores)
     if tracker is not None:
         tracker.check()
     write_json(out / SPEC, spec)

@@ -134,7 +134,7 @@ def tune(recipe: str, space_file: str | os.PathLike, trials: int, out: str | os.
          study_name: str | None = None, data: str | None = None, dataset: str = "cifar10", limit: int | None = None,
          epochs: int | None = None, seed: int = 0, workers: int | None = None, ray: str | None = None,
          cpus_per_trial: float = 1, gpus_per_trial: float = 0, retries: int = 2, tracker=None, report: bool = False,
-         startup_trials: int = 5, warmup_epochs: int = 2, quiet: bool = False) -> dict:
+         startup_trials: int = 5, warmup_epochs: int = 2, quiet: bool = False, pin_cores: bool = False) -> dict:
     """Run the study until ``trials`` trials are complete or pruned; return the best (``best.yaml``'s content)."""
     import optuna
     from optuna.trial import TrialState
@@ -151,7 +151,7 @@ def tune(recipe: str, space_file: str | os.PathLike, trials: int, out: str | os.
     resolve(TrainConfig(**base, overrides={k: _first(s) for k, s in space.items()}))  # names and types, now
     spec = {"train": base, "space": space, "seed": seed}
     _check_spec(out, spec)
-    pool = execution.make_pool(workers, ray, out / "logs", cpus_per_trial, gpus_per_trial)
+    pool = execution.make_pool(workers, ray, out / "logs", cpus_per_trial, gpus_per_trial, pin_cores)
     if tracker is not None:
         tracker.check()
     out.mkdir(parents=True, exist_ok=True)
