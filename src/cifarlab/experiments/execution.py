@@ -121,8 +121,11 @@ class LocalPool:
 
             proc = subprocess.Popen([sys.executable, "-m", "cifarlab.experiments.worker"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log, env=env, preexec_fn=child)
-        proc.stdin.write((json.dumps(job) + "\n").encode())
-        proc.stdin.flush()
+        try:
+            proc.stdin.write((json.dumps(job) + "\n").encode())
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once: its reader reports that, with its log's last line
         reader = threading.Thread(target=self._read, args=(job["key"], proc), daemon=True)
         self.running[job["key"]] = {"proc": proc, "slot": slot, "final": False}
         reader.start()
