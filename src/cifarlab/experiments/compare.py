@@ -20,8 +20,9 @@ from cifarlab.experiments.sweep import headline_metric, load_trials, read_spec, 
 
 def _values(folder: Path, metric: str | None) -> tuple[np.ndarray, str, dict]:
     read_spec(folder)
-    frame = summary_frame(load_trials(folder))
-    metric = metric or headline_metric(frame.columns)
+    trials = load_trials(folder)
+    frame = summary_frame(trials)
+    metric = metric or headline_metric(frame.columns, trials)
     if metric not in frame:
         have = ", ".join(c for c in frame.columns if c not in ("trial", "seed")) or "none (no finished trial)"
         raise CifarlabError(f"{folder} has no metric {metric!r}; its trials have {have}")

@@ -105,9 +105,9 @@ def sentence(result: dict, name_a: str = "A", name_b: str = "B", scale: float = 
     """E.g. "B is 0.21 ± 0.09 points better, p = 0.002, 10 vs 10 runs" (± the half-width of Welch's 95 % interval)."""
     w = result["welch"]
     diff, half = w["diff"] * scale, (w["ci_high"] - w["ci_low"]) / 2 * scale
-    word = "better" if diff > 0 else "worse" if diff < 0 else "different"
     p = w["p"]
     ptext = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
     verdict = "" if p < 0.05 else " (not significant at 5 %: within the noise)"
-    return (f"{name_b} is {abs(diff):.2f} ± {half:.2f} {unit} {word} than {name_a}, {ptext}, "
-            f"{result['n_b']} vs {result['n_a']} runs{verdict}")
+    how = (f"is {abs(diff):.2f} ± {half:.2f} {unit} {'better' if diff > 0 else 'worse'} than {name_a}" if diff
+           else f"and {name_a} have the same mean (± {half:.2f} {unit})")
+    return f"{name_b} {how}, {ptext}, {result['n_b']} vs {result['n_a']} runs{verdict}"

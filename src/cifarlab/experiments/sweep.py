@@ -163,9 +163,10 @@ def read_spec(out: Path) -> dict:
         raise CifarlabError(f"{out}/{SPEC} is unreadable ({e})") from None
 
 
-def headline_metric(metrics_keys) -> str:
-    """The accuracy a recipe is judged by: with test-time augmentation where the runs have it."""
-    return "tta_test_accuracy" if "tta_test_accuracy" in metrics_keys else "test_accuracy"
+def headline_metric(metrics_keys, trials: list[dict] | None = None) -> str:
+    """The accuracy a recipe is judged by: with test-time augmentation where the runs have it (and it is on)."""
+    tta_off = bool(trials) and all(t["metrics"].get("tta") == "none" for t in trials)
+    return "tta_test_accuracy" if "tta_test_accuracy" in metrics_keys and not tta_off else "test_accuracy"
 
 
 def wall_seconds(config: dict) -> float | None:
@@ -213,7 +214,7 @@ def write_summary(out: str | os.PathLike) -> dict:
     metrics = {c: stats.summarize(frame[c].dropna()) for c in frame.columns if c not in ("trial", "seed")}
     summary = {"sweep": str(out), "spec": spec, "trials": len(trials), "seeds": [t["seed"] for t in trials],
                "missing": [s for s in spec.get("seeds", []) if s not in {t["seed"] for t in trials}],
-               "headline": headline_metric(metrics), "metrics": metrics, "epochs": epoch_bands(trials),
+               "headline": headline_metric(metrics, trials), "metrics": metrics, "epochs": epoch_bands(trials),
                "environment": trials[0]["config"].get("environment") if trials else None}
     write_text(out / SUMMARY_CSV, frame.to_csv(index=False))
     write_json(out / SUMMARY_JSON, summary)
