@@ -112,10 +112,14 @@ def test_set_values_are_checked_against_the_recipe_fields():
     from cifarlab.training.overrides import override_recipe, parse_assignments
     from cifarlab.registry import get_recipe
 
-    got = parse_assignments(["label_smoothing=0.1", "flip=random", "crops=[[24, 0.5]]", "early_stopping_patience=null"])
-    assert got == {"label_smoothing": 0.1, "flip": "random", "crops": [[24, 0.5]], "early_stopping_patience": None}
+    got = parse_assignments(["label_smoothing=0.1", "flip=random", "crops=[[24, 0.5]]", "epochs=2"])
+    assert got == {"label_smoothing": 0.1, "flip": "random", "crops": [[24, 0.5]], "epochs": 2}
     r = override_recipe(get_recipe("quick"), got)
-    assert r.crops == ((24, 0.5),) and r.early_stopping_patience is None and r.label_smoothing == 0.1
+    assert r.options.crops == ((24, 0.5),) and r.options.label_smoothing == 0.1 and r.epochs == 2
+    with pytest.raises(CifarlabError, match="no field 'monitor' for the 'fast' trainer"):
+        override_recipe(get_recipe("quick"), parse_assignments(["monitor=val_loss"]))
+    with pytest.raises(CifarlabError, match="label_smoothing must be in"):
+        override_recipe(get_recipe("quick"), {"label_smoothing": 1.5})
     for bad, says in (("nope=1", "unknown recipe field 'nope'"), ("batch_size=0.5", "takes int"),
                       ("nesterov=1", "takes bool"), ("label_smoothing", "key=value")):
         with pytest.raises(CifarlabError, match=says):

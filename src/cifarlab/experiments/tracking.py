@@ -31,6 +31,11 @@ def parse_track(value: str | None, experiment: str):
     return MlflowTracker(uri or None, experiment)
 
 
+def _flat(recipe: dict) -> dict:
+    """A recipe's dict with its trainer's ``options`` lifted beside the core fields."""
+    return {**{k: v for k, v in recipe.items() if k != "options"}, **(recipe.get("options") or {})}
+
+
 class MlflowTracker:
     def __init__(self, uri: str | None, experiment: str):
         self.uri, self.experiment = uri, experiment
@@ -83,7 +88,7 @@ class MlflowTracker:
             return
         job["mlflow_run_id"] = run.info.run_id
         params = {**{f"request.{k}": v for k, v in cfg.items() if k not in ("overrides", "quiet") and v is not None},
-                  **{f"recipe.{k}": v for k, v in recipe.to_dict().items() if k != "description"},
+                  **{f"recipe.{k}": v for k, v in _flat(recipe.to_dict()).items() if k != "description"},
                   **{f"set.{k}": v for k, v in (cfg.get("overrides") or {}).items()},
                   **{f"tune.{k}": v for k, v in (job.get("params") or {}).items()}}
         self._safely("log_params", self.client.log_batch, run.info.run_id,

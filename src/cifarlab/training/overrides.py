@@ -1,46 +1,48 @@
-"""Recipe overrides by field name: ``--set key=value`` and tuning spaces.
+"""Recipe overrides by field name from text: ``--set key=value`` and tuning spaces.
 
-One path for every override of a recipe field (:func:`override_recipe`), so that a
-change in how recipes are laid out is made here only. Values are checked against
-the field's declared type; an unknown name or a value of the wrong type is a
-one-line :class:`CifarlabError`.
+:meth:`cifarlab.recipes.Recipe.with_overrides` changes fields by name and checks them; this
+module turns what a user typed (YAML/JSON scalars and lists) into the types the fields
+declare (lists into tuples, whole numbers into floats) and names the field's type in the
+one-line error when a value cannot be one. Every override of a recipe goes through
+:func:`override_recipe`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
+from dataclasses import fields
 
 from cifarlab.errors import CifarlabError
-from cifarlab.training.recipes import Recipe
+from cifarlab.recipes import OPTIONS, Recipe
 
-# Fields that name or describe a recipe rather than change how it trains.
-NOT_OVERRIDABLE = ("name", "description")
+# Fields that name, describe or structure a recipe rather than change how it trains.
+NOT_OVERRIDABLE = ("name", "description", "options", "trainer")
 
 
 def field_types() -> dict[str, tuple[type, ...]]:
-    """Overridable recipe field -> the Python types it accepts (``type(None)`` for optional ones)."""
+    """Overridable field (core or any trainer's option) -> the Python types it accepts."""
     out = {}
-    for name, hint in typing.get_type_hints(Recipe).items():
-        if name in NOT_OVERRIDABLE:
-            continue
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        out[name] = tuple(args)
+    for cls in (Recipe, *OPTIONS.values()):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in NOT_OVERRIDABLE:
+                continue
+            hint = hints[f.name]
+            args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+            out[f.name] = tuple(typing.get_origin(a) or a for a in args)
     return out
 
 
 def coerce(name: str, value):
-    """``value`` as recipe field ``name`` takes it; raises CifarlabError for an unknown name or a bad type.
+    """``value`` as field ``name`` takes it; CifarlabError for an unknown name or a value of the wrong type.
 
     Whole numbers pass for float fields, lists for tuple fields (YAML and JSON have no tuples).
+    Whether the recipe's trainer has the field is for :meth:`Recipe.with_overrides` to say.
     """
     kinds = field_types()
     if name not in kinds:
         raise CifarlabError(f"unknown recipe field {name!r}; choose from {', '.join(sorted(kinds))}")
     want = kinds[name]
-    if value is None and type(None) in want:
-        return None
     if isinstance(value, bool):  # bool is an int in Python; only a bool field takes one
         if bool in want:
             return value
@@ -52,12 +54,17 @@ def coerce(name: str, value):
         return value
     elif tuple in want and isinstance(value, (list, tuple)):
         return _tuples(value)
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in want)
+    names = " or ".join(t.__name__ for t in want if t is not type(None))
     raise CifarlabError(f"recipe field {name!r} takes {names}, not {value!r}")
 
 
 def _tuples(value):
     return tuple(_tuples(v) if isinstance(v, (list, tuple)) else v for v in value)
+
+
+def plain(value):
+    """``value`` with tuples as lists, as it reads back from JSON."""
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def parse_assignments(items: list[str] | None) -> dict:
@@ -82,17 +89,8 @@ def parse_assignments(items: list[str] | None) -> dict:
     return out
 
 
-def plain(value):
-    """``value`` with tuples as lists, as it reads back from JSON."""
-    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
 def override_recipe(recipe: Recipe, overrides: dict | None) -> Recipe:
-    """``recipe`` with the named fields replaced (checked by :func:`coerce`); the one override path."""
+    """``recipe`` with the named fields replaced, checked by :func:`coerce` and by the recipe itself."""
     if not overrides:
         return recipe
-    checked = {k: coerce(k, v) for k, v in overrides.items()}
-    try:  # dataclasses.replace, not with_overrides: None is a value here (early_stopping_patience)
-        return dataclasses.replace(recipe, **checked)
-    except ValueError as e:  # the recipe's own consistency checks (Recipe.__post_init__)
-        raise CifarlabError(str(e)) from None
+    return recipe.with_overrides(**{k: coerce(k, v) for k, v in overrides.items()})
