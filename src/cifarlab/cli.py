@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
+    p.add_argument("--exclude", metavar="FINDINGS[:KINDS]",
+                   help="train without the training images of `cifarlab audit`'s findings.csv (KINDS: comma-separated, "
+                        "of label, duplicate, leak, outlier, blank; default all)")
+    p.add_argument("--relabel", action="store_true", help="with --exclude: give label findings their suggested label "
+                                                          "instead of leaving them out")
     _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
@@ -182,6 +187,10 @@ def cmd_train(args) -> int:
                                     "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
+    if args.exclude is not None:
+        cfg.exclude, cfg.relabel = args.exclude, args.relabel
+    elif args.relabel:
+        cfg.relabel = True  # resolve() explains that it needs --exclude
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
     _quiet_tf()
     from cifarlab.training.signals import Interrupted

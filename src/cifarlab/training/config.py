@@ -35,6 +35,8 @@ class TrainConfig:
     strategy: str = "auto"  # distribution: auto | mirrored | multiworker (training.distribute)
     devices: int | None = None  # local devices (GPUs, or logical CPUs) per worker
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints; None: the default, 0: epochs only
+    exclude: str | None = None  # FINDINGS[:KINDS] of cifarlab audit: train without those images (data.findings)
+    relabel: bool = False  # with exclude: give "label" findings their suggested label instead
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -62,6 +64,12 @@ def resolve(cfg: TrainConfig):
         raise CifarlabError(f"--lr must be a positive learning rate below 10, not {cfg.lr!r}")
     if not 0 < cfg.val_fraction < 1:
         raise CifarlabError(f"validation fraction must be between 0 and 1, not {cfg.val_fraction!r}")
+    if cfg.relabel and not cfg.exclude:
+        raise CifarlabError("--relabel needs --exclude FINDINGS (the findings whose labels to change)")
+    if cfg.exclude:
+        from cifarlab.data.findings import read_findings
+
+        read_findings(cfg.exclude, cfg.relabel)  # a bad findings file fails before TensorFlow starts
     if recipe.precision not in CHOICES:
         raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {recipe.precision!r}")
     return recipe, spec

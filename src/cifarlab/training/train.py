@@ -75,6 +75,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
     """
     from cifarlab.data import load_dataset
+    from cifarlab.data.findings import read_findings
     from cifarlab.training import checkpoint, distribute
     from cifarlab.training import precision as prec
 
@@ -85,8 +86,9 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     placement.check_batch(recipe.batch_size)
     checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
+    findings = read_findings(cfg.exclude, cfg.relabel) if cfg.exclude else None
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
-                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
+                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet, findings=findings)
     out = Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name)
     resuming = checkpoint.claim(out, asdict(cfg), chief=placement.is_chief)
     try:
