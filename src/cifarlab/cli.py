@@ -118,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the one the run used)")
     p.add_argument("--json", action="store_true", help="print the check report as JSON")
 
+    p = sub.add_parser("audit", help="find mislabelled images, duplicates, train/test leaks and outliers in a dataset")
+    _data_args(p)
+    p.add_argument("--recipe", default="quick", metavar="NAME", help="fast-loop recipe each fold trains by (default quick)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
+    p.add_argument("--epochs", type=float, metavar="N", help="epochs per fold (default 5; fractions allowed)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the folds and the training (default 0)")
+    p.add_argument("--limit", type=int, metavar="N", help="audit only the first N training images (quick tries)")
+    p.add_argument("-o", "--out", default="audit", metavar="DIR",
+                   help="folder for findings.csv, audit.json, audit.html and folds/ (default audit); "
+                        "an interrupted audit's folder resumes it")
+    p.add_argument("--no-report", action="store_true", help="do not write audit.html")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
     p = sub.add_parser("launch", help="run a command as N local worker processes (multi-worker training)")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
@@ -336,6 +350,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from cifarlab.audit.run import AuditConfig, audit
+
+    cfg = AuditConfig(data=args.data, dataset=args.dataset, coarse=args.coarse, recipe=args.recipe, folds=args.folds,
+                      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit, out=args.out,
+                      quiet=args.quiet, report=not args.no_report)
+    s = audit(cfg)
+    c, t = s["counts"], s["test"]
+    without = "" if t["accuracy_without_leaked"] is None else f", {t['accuracy_without_leaked']:.4f} without them"
+    print(f"{c['label']:,} label issues, {c['leak']:,} train/test leaks, {c['duplicate']:,} duplicates, "
+          f"{c['outlier']:,} outliers, {c['blank']:,} blank images; test accuracy {t['accuracy']:.4f} with "
+          f"{t['leaked_images']:,} leaked test images{without}; findings: {Path(args.out) / 'findings.csv'}")
+    return 0
+
+
 def cmd_launch(args) -> int:
     from cifarlab.launch import launch
 
@@ -344,6 +373,6 @@ def cmd_launch(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
-            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch}
+            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit}
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
 NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}
