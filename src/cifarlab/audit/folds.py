@@ -121,7 +121,7 @@ def embedder(model):
 
     view = keras.Model(model.inputs, model.get_layer(EMBED_LAYER).output)
     call = tf.function(lambda xb: tf.cast(view(tf.cast(xb, tf.float32), training=False), tf.float32),
-                       autograph=False)
+                       autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)])
 
     def embed(x: np.ndarray) -> np.ndarray:
         out = np.empty((len(x), view.output_shape[-1]), dtype=np.float16)
@@ -176,6 +176,10 @@ def _normalised(e: np.ndarray) -> np.ndarray:
 def cross_fit(x, y, x_test, k: int, recipe, spec, num_classes: int, folds_dir: Path, key: str, seed: int = 0,
               quiet: bool = False) -> CrossFit:
     """Train or read back each of ``k`` folds (see the module docstring), with a progress line per fold."""
+    import tensorflow as tf
+
+    # Each fold's new trainer traces its functions afresh, which TensorFlow warns of as "retracing".
+    tf.get_logger().setLevel("ERROR")
     fold = assign_folds(y, k, seed)
     results, trained = [], []
     t_start = time.perf_counter()
