@@ -62,7 +62,7 @@ def main() -> None:
     for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
         q = get_label_quality_scores(y, probs, method=method)
         order = np.argsort(q, kind="stable")
-        for est in ("off_diagonal", "off_diagonal_calibrated", "prune_by_noise_rate"):
+        for est in ("off_diagonal", "off_diagonal_calibrated"):
             n = num_label_issues(y, probs, estimation_method=est)
             rows.append({"filter_by": f"lowest {method}", "count": f"num_label_issues({est}) = {n}",
                          **scores(order[:n], flipped)})

@@ -2,15 +2,16 @@
 
 Two stages, so that 60,000 x 60,000 comparisons stay cheap and within a few hundred MB:
 
-1. **Candidates**: every image gets a short vector, half the fold nets' penultimate-layer embedding
-   (reduced to :data:`EMB_DIMS` by PCA), half a pixel vector (grey levels averaged to 8 x 8,
-   centred, unit length); all pairs whose cosine similarity reaches :data:`CANDIDATE` are found by
+1. **Candidates**: every image gets a short vector, mostly (:data:`EMB_WEIGHT`) the fold nets'
+   penultimate-layer embedding (reduced to :data:`EMB_DIMS` by PCA, so centred), the rest a pixel
+   vector (grey levels averaged to 8 x 8, centred, unit length); all pairs whose cosine similarity reaches :data:`CANDIDATE` are found by
    a matrix product taken :data:`CHUNK` rows at a time.
 2. **Check**: each candidate pair is compared pixel by pixel, allowing shifts of up to
-   :data:`MAX_SHIFT` pixels and a mirror image, each colour channel normalised to zero mean and
-   unit variance (so a recoloured copy still matches); a pair is a near-duplicate when that
-   correlation and the nets' mean cosine similarity both clear their thresholds, and an exact
-   duplicate when the pixels differ by at most :data:`EXACT_LEVELS` levels on average.
+   :data:`MAX_SHIFT` pixels and a mirror image, on high-pass images (each pixel minus its
+   neighbourhood's mean) with each colour channel normalised to zero mean and unit variance (so a
+   recoloured copy still matches): first at half size, then at full size for the pairs that pass;
+   a pair is a near-duplicate when the full-size correlation reaches :data:`PIXEL_MATCH`, and an
+   exact duplicate when the pixels differ by at most :data:`EXACT_LEVELS` levels on average.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ import numpy as np
 EMB_DIMS = 64
 PIXEL_SIDE = 8
 CHUNK = 1024  # rows per matrix product: 1,024 x 60,000 float32 similarities are 245 MB
-CANDIDATE = 0.80  # combined cosine similarity for a pair to be checked
+EMB_WEIGHT = 0.9  # share of the embedding in the candidates' similarity (the rest: the 8 x 8 pixel vector)
+CANDIDATE = 0.85  # combined cosine similarity for a pair to be checked
 MAX_PER_ROW = 20  # candidates kept per image (a cluster of many copies keeps its closest)
 MAX_SHIFT = 2
-PIXEL_MATCH = 0.90  # normalised pixel correlation of a near-duplicate
-EMB_MATCH = 0.90  # mean cosine similarity of the fold nets' embeddings of a near-duplicate
+# The check runs twice: on all candidates at half size (shifts of 1 there, 3 x 3 high-pass), which
+# is 20x cheaper, then at full size on the pairs that reach QUICK_MATCH there.
+QUICK_MATCH = 0.5
+# Chosen by eye on CIFAR-10 (docs/audit.md): at a full-size high-pass correlation of 0.7-0.8 most
+# pairs were one photo, at 0.5-0.6 fewer than half (different ships on the same calm sea, mostly).
+PIXEL_MATCH = 0.70
 EXACT_LEVELS = 2.0  # mean absolute difference (0-255 levels) of an exact duplicate
-EXACT_EMB = 0.8  # nets' similarity below which a pair is not even checked for an exact copy
 
 
 def pixel_vectors(x: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
@@ -76,27 +81,45 @@ def candidate_pairs(f: np.ndarray, threshold: float = CANDIDATE, chunk: int = CH
     return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
 
 
-def _standardised(a: np.ndarray) -> np.ndarray:
+def _standardised(a: np.ndarray, box: int = 5) -> np.ndarray:
+    """float32 high-pass images ``(N, H, W, C)``: each pixel minus its ``box`` x ``box`` neighbourhood's mean,
+    then each channel to zero mean and unit variance. Without the high-pass, two different ships on the
+    same calm sea correlate as well as two copies of one photo: the smooth background dominates."""
     a = a.astype(np.float32)
+    r = box // 2
+    p = np.pad(a, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge").cumsum(axis=1).cumsum(axis=2)
+    p = np.pad(p, ((0, 0), (1, 0), (1, 0), (0, 0)))
+    h, w = a.shape[1:3]
+    a -= (p[:, box:box + h, box:box + w] - p[:, :h, box:box + w] - p[:, box:box + h, :w] + p[:, :h, :w]) / box ** 2
     a -= a.mean(axis=(1, 2), keepdims=True)
     return a / np.maximum(a.std(axis=(1, 2), keepdims=True), 1.0)
 
 
-def pixel_match(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = MAX_SHIFT, batch: int = 2048):
-    """For pairs of images ``x[i]``, ``x[j]``: (best correlation float32 ``(P,)`` over shifts up to
-    ``shift`` pixels and a mirror, each channel standardised; mean absolute difference in levels,
-    unshifted, float32 ``(P,)``; the best shift as int ``(P, 3)``: dy, dx, mirrored)."""
+def _half(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3]).mean(axis=(2, 4))
+
+
+def pixel_match(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = MAX_SHIFT, batch: int = 2048,
+                half: bool = False):
+    """For pairs of images ``x[i]``, ``x[j]`` (uint8 ``(N, 32, 32, 3)``): (best correlation float32 ``(P,)`` of
+    their high-pass images (:func:`_standardised`) over shifts up to ``shift`` pixels and a mirror; mean
+    absolute difference in levels, unshifted, float32 ``(P,)``; the best shift as int ``(P, 3)``: dy, dx,
+    mirrored). ``half``: compare at half size (shifts of up to ``shift`` half-size pixels, 3 x 3 high-pass)."""
     best = np.full(len(i), -1.0, dtype=np.float32)
     how = np.zeros((len(i), 3), dtype=np.int64)
     mad = np.empty(len(i), dtype=np.float32)
-    s, side = shift, x.shape[1]
+    s = shift
     for b in range(0, len(i), batch):
         xa, xb = x[i[b:b + batch]], x[j[b:b + batch]]
         mad[b:b + batch] = np.abs(xa.astype(np.int16) - xb.astype(np.int16)).mean(axis=(1, 2, 3))
+        box = 5
+        if half:
+            xa, xb, box = _half(xa), _half(xb), 3
+        side = xa.shape[1]
         # Pairs on the last axis, so a shifted window is a slice of whole rows (20x faster than
         # pairs first), and each image standardised once rather than per window (they cover 80 % of it).
-        a = np.ascontiguousarray(_standardised(xa).transpose(1, 2, 3, 0)[s:side - s, s:side - s])
-        sb = _standardised(xb).transpose(1, 2, 3, 0)
+        a = np.ascontiguousarray(_standardised(xa, box).transpose(1, 2, 3, 0)[s:side - s, s:side - s])
+        sb = _standardised(xb, box).transpose(1, 2, 3, 0)
         for mirror in (0, 1):
             xm = np.ascontiguousarray(sb[:, ::-1] if mirror else sb)
             for dy in range(-s, s + 1):
@@ -111,8 +134,8 @@ def pixel_match(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = MAX_SH
 @dataclass
 class Pairs:
     """Duplicate pairs among the images stacked train first, then test: positions ``i < j`` (int64
-    ``(P,)``) into that stack, ``pixel`` correlation, ``embedding`` similarity, ``exact`` bool,
-    ``how`` int ``(P, 3)`` (dy, dx, mirrored) of the best pixel match."""
+    ``(P,)``) into that stack, ``pixel`` correlation, ``embedding`` cosine similarity (of the PCA of
+    the nets' embeddings), ``exact`` bool, ``how`` int ``(P, 3)`` (dy, dx, mirrored) of the best match."""
 
     i: np.ndarray
     j: np.ndarray
@@ -121,28 +144,29 @@ class Pairs:
     exact: np.ndarray
     how: np.ndarray
     candidates: int
+    checked: int  # candidates that passed the half-size check and were compared at full size
 
     @property
     def score(self) -> np.ndarray:
-        """float32 ``(P,)`` in [0, 1]: the weaker of the two similarities (1 for exact copies)."""
-        return np.where(self.exact, 1.0, np.minimum(self.pixel, self.embedding)).astype(np.float32)
+        """float32 ``(P,)`` in [0, 1]: the pixel correlation (1 for exact copies)."""
+        return np.where(self.exact, 1.0, self.pixel).astype(np.float32)
 
 
-def find_duplicates(x: np.ndarray, emb: np.ndarray, reduced: np.ndarray, n_folds: int,
-                    candidate: float = CANDIDATE, pixel_min: float = PIXEL_MATCH, emb_min: float = EMB_MATCH) -> Pairs:
-    """Duplicate pairs among ``x`` uint8 ``(N, 32, 32, 3)`` (train and test stacked), with ``emb`` float32
-    ``(N, n_folds * d)`` the fold nets' unit embeddings side by side and ``reduced`` (N, EMB_DIMS) their
-    PCA (see the module docstring)."""
-    f = np.concatenate([reduced, pixel_vectors(x)], axis=1) * np.float32(np.sqrt(0.5))
+def find_duplicates(x: np.ndarray, reduced: np.ndarray, candidate: float = CANDIDATE,
+                    pixel_min: float = PIXEL_MATCH) -> Pairs:
+    """Duplicate pairs among ``x`` uint8 ``(N, 32, 32, 3)`` (train and test stacked), with ``reduced``
+    float32 ``(N, EMB_DIMS)`` the unit PCA vectors of the fold nets' embeddings (see the module docstring)."""
+    w = np.float32(EMB_WEIGHT)
+    f = np.concatenate([reduced * np.sqrt(w), pixel_vectors(x) * np.sqrt(1 - w)], axis=1)
     i, j = candidate_pairs(f, candidate)
     del f
-    sim = np.empty(len(i), dtype=np.float32)
-    for b in range(0, len(i), 65536):
-        sim[b:b + 65536] = (emb[i[b:b + 65536]] * emb[j[b:b + 65536]]).sum(axis=1) / n_folds
-    # An exact copy has the same embedding too, so only pairs the nets find alike are compared pixel by pixel.
-    close = sim >= min(emb_min, EXACT_EMB)
-    i, j, sim, n_candidates = i[close], j[close], sim[close], len(i)
+    n_candidates = len(i)
+    quick, _, _ = pixel_match(x, i, j, shift=1, half=True)
+    close = quick >= QUICK_MATCH
+    i, j = i[close], j[close]
     pixel, mad, how = pixel_match(x, i, j)
     exact = mad <= EXACT_LEVELS
-    keep = exact | ((pixel >= pixel_min) & (sim >= emb_min))
-    return Pairs(i[keep], j[keep], pixel[keep], sim[keep], exact[keep], how[keep], candidates=n_candidates)
+    keep = exact | (pixel >= pixel_min)
+    i, j = i[keep], j[keep]
+    sim = (reduced[i] * reduced[j]).sum(axis=1)
+    return Pairs(i, j, pixel[keep], sim, exact[keep], how[keep], candidates=n_candidates, checked=len(close.nonzero()[0]))

@@ -9,6 +9,7 @@ is trained, so a killed audit reruns only the folds that are missing.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -149,7 +150,12 @@ def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: n
     probs = trainer.predict_tta(x[held_out]).astype(np.float32)
     test_probs = trainer.predict(x_test).astype(np.float32)
     embed = embedder(model)
-    return FoldResult(k, held_out.astype(np.int64), probs, embed(x), embed(x_test), test_probs, round(seconds, 2))
+    r = FoldResult(k, held_out.astype(np.int64), probs, embed(x), embed(x_test), test_probs, round(seconds, 2))
+    # The trainer's compiled functions hold the fold's training images as constants: let them go
+    # (not keras.backend.clear_session: it would also reset the dtype policy the folds train under).
+    del trainer, model, embed
+    gc.collect()
+    return r
 
 
 @dataclass

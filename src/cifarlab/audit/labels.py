@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-# cleanlab's find_label_issues settings; see docs/audit.md for what was tried on planted noise.
-FILTER_BY = "prune_by_noise_rate"
+# cleanlab's find_label_issues settings: the images of lowest self-confidence (the out-of-fold
+# probability of the given label), as many as the confident joint counts off its diagonal. On
+# 1,000 planted flips (noise seed 7) F1 0.646, against 0.415 for cleanlab's default
+# (prune_by_noise_rate) and 0.575 for the best prune_* setting (docs/audit.md).
+FILTER_BY = "low_self_confidence"
 RANK_BY = "self_confidence"
 
 
-def label_issues(y: np.ndarray, probs: np.ndarray, filter_by: str = FILTER_BY, rank_by: str = RANK_BY,
-                 frac_noise: float = 1.0) -> dict:
+def label_issues(y: np.ndarray, probs: np.ndarray, filter_by: str = FILTER_BY, rank_by: str = RANK_BY) -> dict:
     """Images whose given label ``y`` (int ``(N,)``) is likely wrong under ``probs`` (float ``(N, K)``).
 
     Returns ``index`` int64 positions ranked most likely wrong first, ``suggested`` int64 the most
@@ -21,8 +23,7 @@ def label_issues(y: np.ndarray, probs: np.ndarray, filter_by: str = FILTER_BY, r
     from cleanlab.rank import get_label_quality_scores
 
     probs = np.asarray(probs, dtype=np.float32)
-    idx = find_label_issues(labels=y, pred_probs=probs, filter_by=filter_by, frac_noise=frac_noise,
-                            return_indices_ranked_by=rank_by)
+    idx = find_label_issues(labels=y, pred_probs=probs, filter_by=filter_by, return_indices_ranked_by=rank_by)
     idx = np.asarray(idx, dtype=np.int64)
     quality = get_label_quality_scores(y, probs, method=rank_by)
     others = probs[idx].copy()

@@ -163,9 +163,10 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     x_all = np.concatenate([ds.x_train, ds.x_test])
     emb = np.concatenate([cf.emb_train, cf.emb_test])
+    cf.emb_train = cf.emb_test = None  # 150 MB each for CIFAR-10's 5 folds; only the stack is used from here
     reduced = duplicates.reduce_embeddings(emb)
-    pairs = duplicates.find_duplicates(x_all, emb, reduced, n_folds=len(cf.seconds))
     del emb
+    pairs = duplicates.find_duplicates(x_all, reduced)
     y_all = np.concatenate([ds.y_train, ds.y_test])
 
     def where(p):
@@ -177,7 +178,7 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
         (sa, ia), (sb, ib) = where(a), where(b)
         detail = ("exact copy" if exact else
                   f"near copy: shifted by ({dy}, {dx}){', mirrored' if mirror else ''}; pixel correlation "
-                  f"{px:.3f}, nets' similarity {em:.3f}")
+                  f"{px:.3f}, embedding similarity {em:.3f}")
         if sa != sb:  # a < b and train comes first: a is the training image, b the test image
             leaked_test.add(int(ib))
             add("leak", "train", ia, names[y_all[a]], names[y_all[b]], score, detail, "test", ib)
@@ -226,10 +227,11 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
             "share_with_near_duplicate": round(len(with_dup) / n_test, 4) if n_test else 0.0,
             "note": "the mean of the fold nets' probabilities; leaked: test images with a copy in train",
         },
-        "duplicates": {"candidates_checked": pairs.candidates, "pairs": len(pairs.i), "exact": int(pairs.exact.sum()),
-                       "thresholds": {"candidate": duplicates.CANDIDATE, "pixel": duplicates.PIXEL_MATCH,
-                                      "embedding": duplicates.EMB_MATCH, "exact_levels": duplicates.EXACT_LEVELS,
-                                      "max_shift": duplicates.MAX_SHIFT}},
+        "duplicates": {"candidates": pairs.candidates, "checked_full_size": pairs.checked, "pairs": len(pairs.i),
+                       "exact": int(pairs.exact.sum()),
+                       "thresholds": {"candidate": duplicates.CANDIDATE, "embedding_weight": duplicates.EMB_WEIGHT,
+                                      "half_size": duplicates.QUICK_MATCH, "pixel_high_pass": duplicates.PIXEL_MATCH,
+                                      "exact_levels": duplicates.EXACT_LEVELS, "max_shift": duplicates.MAX_SHIFT}},
         "outliers": {"k": outliers.K_NEIGHBOURS, "reference": min(outliers.REFERENCE, n_train),
                      "robust_z": outliers.ROBUST_Z, "blank_std": outliers.BLANK_STD},
         "timings": timings,
