@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of label, duplicate, leak, outlier, blank; default all)")
     p.add_argument("--relabel", action="store_true", help="with --exclude: give label findings their suggested label "
                                                           "instead of leaving them out")
+    p.add_argument("--no-autotune", action="store_true",
+                   help="use the default kernels instead of those measured fastest on this machine (cached in "
+                        "~/.cache/cifarlab/autotune.json)")
     _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
@@ -205,6 +208,8 @@ def cmd_train(args) -> int:
         cfg.exclude, cfg.relabel = args.exclude, args.relabel
     elif args.relabel:
         cfg.relabel = True  # resolve() explains that it needs --exclude
+    if args.no_autotune:
+        cfg.autotune = False
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
     _quiet_tf()
     from cifarlab.training.signals import Interrupted

@@ -37,6 +37,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints; None: the default, 0: epochs only
     exclude: str | None = None  # FINDINGS[:KINDS] of cifarlab audit: train without those images (data.findings)
     relabel: bool = False  # with exclude: give "label" findings their suggested label instead
+    autotune: bool = True  # measure kernel choices on this machine once, then cache them (training.autotune)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
