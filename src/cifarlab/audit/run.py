@@ -22,8 +22,8 @@ import numpy as np
 from cifarlab.errors import CifarlabError
 from cifarlab.fileio import write_json, write_text
 
-# Epochs per fold: 5 folds of the quick recipe at 5 epochs fit the 10-minute budget on 2 cores
-# (measured in benchmarks/RESULTS.md, "audit"); its own 8 epochs would not.
+# Epochs per fold, fewer than quick's 8 so that 5 folds fit 10 minutes on 2 cores: 658 CPU seconds
+# for the whole audit of CIFAR-10 (benchmarks/RESULTS.md, "audit"; the wall time there was contended).
 DEFAULT_EPOCHS = 5
 DEFAULT_FOLDS = 5
 
