@@ -95,40 +95,59 @@ def _standardised(a: np.ndarray, box: int = 5) -> np.ndarray:
     return a / np.maximum(a.std(axis=(1, 2), keepdims=True), 1.0)
 
 
-def _half(x: np.ndarray) -> np.ndarray:
-    return x.reshape(len(x), x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3]).mean(axis=(2, 4))
+def half_size_standardised(x: np.ndarray) -> np.ndarray:
+    """float32 ``(N, 16, 16, 3)``: uint8 images ``(N, 32, 32, 3)`` averaged 2 x 2, then :func:`_standardised`
+    with a 3 x 3 high-pass; once per image, since each image is in many candidate pairs."""
+    out = np.empty((len(x), x.shape[1] // 2, x.shape[2] // 2, x.shape[3]), dtype=np.float32)
+    for i in range(0, len(x), 4096):
+        xb = x[i:i + 4096].astype(np.float32)
+        half = xb.reshape(len(xb), out.shape[1], 2, out.shape[2], 2, x.shape[3]).mean(axis=(2, 4))
+        out[i:i + 4096] = _standardised(half, box=3)
+    return out
 
 
-def pixel_match(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = MAX_SHIFT, batch: int = 2048,
-                half: bool = False):
+def _correlate(sa: np.ndarray, sb: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best correlation float32 ``(P,)`` of standardised images ``sa``, ``sb`` ``(P, H, W, C)`` over shifts
+    of ``sb`` up to ``shift`` pixels and its mirror image, and the best (dy, dx, mirrored) int ``(P, 3)``."""
+    s, side = shift, sa.shape[1]
+    best = np.full(len(sa), -1.0, dtype=np.float32)
+    how = np.zeros((len(sa), 3), dtype=np.int64)
+    # Pairs on the last axis, so a shifted window is a slice of whole rows (20x faster than pairs first),
+    # and each image standardised once rather than per window (the windows cover 80 % of it).
+    a = np.ascontiguousarray(sa.transpose(1, 2, 3, 0)[s:side - s, s:side - s])
+    tb = sb.transpose(1, 2, 3, 0)
+    for mirror in (0, 1):
+        xm = np.ascontiguousarray(tb[:, ::-1] if mirror else tb)
+        for dy in range(-s, s + 1):
+            for dx in range(-s, s + 1):
+                corr = np.einsum("hwcp,hwcp->p", a, xm[s + dy:side - s + dy, s + dx:side - s + dx]) / a[..., 0].size
+                better = corr > best
+                best[better] = corr[better]
+                how[better] = (dy, dx, mirror)
+    return np.minimum(best, 1.0), how
+
+
+def pixel_match(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = MAX_SHIFT, batch: int = 2048):
     """For pairs of images ``x[i]``, ``x[j]`` (uint8 ``(N, 32, 32, 3)``): (best correlation float32 ``(P,)`` of
     their high-pass images (:func:`_standardised`) over shifts up to ``shift`` pixels and a mirror; mean
     absolute difference in levels, unshifted, float32 ``(P,)``; the best shift as int ``(P, 3)``: dy, dx,
-    mirrored). ``half``: compare at half size (shifts of up to ``shift`` half-size pixels, 3 x 3 high-pass)."""
-    best = np.full(len(i), -1.0, dtype=np.float32)
+    mirrored)."""
+    best = np.empty(len(i), dtype=np.float32)
     how = np.zeros((len(i), 3), dtype=np.int64)
     mad = np.empty(len(i), dtype=np.float32)
-    s = shift
     for b in range(0, len(i), batch):
         xa, xb = x[i[b:b + batch]], x[j[b:b + batch]]
         mad[b:b + batch] = np.abs(xa.astype(np.int16) - xb.astype(np.int16)).mean(axis=(1, 2, 3))
-        box = 5
-        if half:
-            xa, xb, box = _half(xa), _half(xb), 3
-        side = xa.shape[1]
-        # Pairs on the last axis, so a shifted window is a slice of whole rows (20x faster than
-        # pairs first), and each image standardised once rather than per window (they cover 80 % of it).
-        a = np.ascontiguousarray(_standardised(xa, box).transpose(1, 2, 3, 0)[s:side - s, s:side - s])
-        sb = _standardised(xb, box).transpose(1, 2, 3, 0)
-        for mirror in (0, 1):
-            xm = np.ascontiguousarray(sb[:, ::-1] if mirror else sb)
-            for dy in range(-s, s + 1):
-                for dx in range(-s, s + 1):
-                    corr = np.einsum("hwcp,hwcp->p", a, xm[s + dy:side - s + dy, s + dx:side - s + dx]) / a[..., 0].size
-                    better = corr > best[b:b + batch]
-                    best[b:b + batch][better] = corr[better]
-                    how[b:b + batch][better] = (dy, dx, mirror)
-    return np.minimum(best, 1.0), mad, how
+        best[b:b + batch], how[b:b + batch] = _correlate(_standardised(xa), _standardised(xb), shift)
+    return best, mad, how
+
+
+def half_match(h: np.ndarray, i: np.ndarray, j: np.ndarray, shift: int = 1, batch: int = 4096) -> np.ndarray:
+    """float32 ``(P,)``: :func:`_correlate` of the pairs ``h[i]``, ``h[j]`` of :func:`half_size_standardised` images."""
+    best = np.empty(len(i), dtype=np.float32)
+    for b in range(0, len(i), batch):
+        best[b:b + batch] = _correlate(h[i[b:b + batch]], h[j[b:b + batch]], shift)[0]
+    return best
 
 
 @dataclass
@@ -161,7 +180,7 @@ def find_duplicates(x: np.ndarray, reduced: np.ndarray, candidate: float = CANDI
     i, j = candidate_pairs(f, candidate)
     del f
     n_candidates = len(i)
-    quick, _, _ = pixel_match(x, i, j, shift=1, half=True)
+    quick = half_match(half_size_standardised(x), i, j)
     close = quick >= QUICK_MATCH
     i, j = i[close], j[close]
     pixel, mad, how = pixel_match(x, i, j)
