@@ -1,0 +1,195 @@
+"""Hostile inputs (issue 16): crafted pickles, archive bombs, bad model metadata, bad configs and checkpoints.
+
+Every hostile file here is real: a pickle inside a real .tar.gz, a gzip bomb that is small on
+disk and large when decompressed, a real .keras zip with a rewritten cifarlab.json. Each must
+end in one line ``cifarlab: error: ...``, exit status 2, bounded memory and nothing written.
+``HOSTILE`` counts them (issue 16's "bad inputs" figure).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+import builders
+from cifarlab.data.cifar import MAX_ENTRIES
+from cifarlab.errors import CifarlabError
+
+MEMORY_LIMIT = 3 << 30  # address space of a CLI process reading a hostile file
+RSS_BUDGET_MB = 250  # a refused file costs no more than the interpreter and numpy
+HOSTILE: list[str] = []  # every hostile input thrown, by name
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "cifarlab", *map(str, args)]
+
+
+# Reads each file named on its command line with `cifarlab info --data FILE`, in one process (one start-up):
+# a JSON line [exit status, stdout, stderr] per file.
+INFO_EACH = """
+import contextlib, io, json, sys
+from cifarlab.cli import main
+for path in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["info", "--data", path])
+    print(json.dumps([rc, out.getvalue(), err.getvalue()]), flush=True)
+"""
+
+
+def run_limited(argv: list[str], timeout: float = 120.0):
+    """Run ``argv`` under an address-space limit; (exit code, stdout, stderr, peak RSS in MB)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        out, err = p.stdout.read(), p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
+    finally:
+        timer.cancel()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, out, err, usage.ru_maxrss / 1024
+
+
+def assert_one_line(rc, out, err, pattern):
+    import re
+
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("cifarlab: error: "), (rc, err[-2000:])
+    assert re.search(pattern, lines[0]), lines[0]
+    assert out == ""
+
+
+def tree(path) -> dict:
+    """Every file under ``path`` with its bytes: to prove nothing was written, moved or deleted."""
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+# -- data: pickles and archives --------------------------------------------------------------------------
+
+class Reduce:
+    """Pickles as ``func(*args)``: how a crafted pickle calls an allowed global with chosen arguments."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def python_release(batch: bytes | None = None, meta: bytes | None = None) -> dict[str, bytes]:
+    """A tiny cifar-10-batches-py release with data_batch_1 (and optionally the meta file) replaced."""
+    files, _ = builders.cifar10_binary_files(n_per_batch=2, n_test=2)
+    out = {}
+    for k, v in files.items():
+        if k.endswith(".bin"):
+            a = np.frombuffer(v, np.uint8).reshape(-1, 3073)
+            v = pickle.dumps({b"labels": a[:, 0].tolist(), b"data": a[:, 1:].copy()}, protocol=2)
+        else:
+            v = pickle.dumps({b"label_names": [n.encode() for n in builders.CIFAR10_NAMES]}, protocol=2)
+        out[k.replace("cifar-10-batches-bin", "cifar-10-batches-py").removesuffix(".bin").removesuffix(".txt")] = v
+    if batch is not None:
+        out["cifar-10-batches-py/data_batch_1"] = batch
+    if meta is not None:
+        out["cifar-10-batches-py/batches.meta"] = meta
+    return out
+
+
+def hostile_pickles() -> dict[str, bytes]:
+    from numpy._core.multiarray import _reconstruct
+
+    n = 1 << 28  # 2**28 images of 3,072 bytes: 825 GB as an array
+    zero_stride = Reduce(np.ndarray, (n, 3072), np.dtype("u1"), b"\0", 0, (0, 0))
+    labels = Reduce(np.ndarray, (n,), np.dtype("u1"), b"\0", 0, (0,))
+    nested = [0]
+    for _ in range(6):  # six levels of 100 references to the level below: 10**12 labels from a few kB
+        nested = [nested] * 100
+    cyclic = []
+    cyclic.append(cyclic)
+    real = np.zeros((2, 3072), np.uint8)
+    objects = np.empty(2, dtype=object)  # filled by hand: np.array() would expand the nested lists
+    objects[0], objects[1] = nested, 1
+    return {
+        "zero-stride-array": pickle.dumps({"data": zero_stride, "labels": labels}, protocol=2),
+        "huge-empty-array": pickle.dumps({"data": Reduce(_reconstruct, np.ndarray, (1 << 40,), b"b"),
+                                          "labels": [0, 1]}, protocol=2),
+        "object-array": pickle.dumps({"data": objects, "labels": [0, 1]}, protocol=2),
+        "exponential-lists": pickle.dumps({"data": real, "labels": nested}, protocol=2),
+        "self-containing-list": pickle.dumps({"data": real, "labels": cyclic}, protocol=2),
+    }
+
+
+def gzip_bomb(path, member: str, size: int):
+    """A .tar.gz holding ``member`` of ``size`` zero bytes: about a thousandth of that on disk."""
+    info = tarfile.TarInfo(member)
+    info.size = size
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        chunk = bytes(1 << 22)
+        for _ in range(size // len(chunk)):
+            gz.write(chunk)
+        gz.write(bytes(size % len(chunk) + (-size) % 512) + bytes(1024))  # padding, end-of-archive blocks
+    return path
+
+
+def test_hostile_data_files_get_one_line_and_bounded_memory(tmp_path):
+    cases = {}
+    for name, raw in hostile_pickles().items():
+        cases[name] = (builders.write_archive(tmp_path / f"{name}.tar.gz", python_release(batch=raw)),
+                       r"data_batch_1: unsafe or corrupt pickle|data_batch_1: refusing")
+    names = [b"cat"]
+    for _ in range(10):
+        names = [names] * 10
+    cases["exponential-class-names"] = (
+        builders.write_archive(tmp_path / "names.tar.gz", python_release(meta=pickle.dumps({"label_names": names}))),
+        r"batches.meta: .*nested more than")
+    # A gzip bomb: 307 MB of zero records (a whole number of them) in a file of a few MB.
+    bomb = gzip_bomb(tmp_path / "bomb.tar.gz", "cifar-10-batches-bin/data_batch_1.bin", 3073 * 100_000)
+    assert bomb.stat().st_size < 2 << 20
+    cases["gzip-bomb"] = (bomb, r"data_batch_1.bin.* larger than")
+    # A tar of 10,001 empty files (a few kB gzipped): its member list alone would grow without bound.
+    many = tmp_path / "many.tar.gz"
+    with tarfile.open(many, "w:gz") as tar:
+        for i in range(MAX_ENTRIES + 1):
+            tar.addfile(tarfile.TarInfo(f"cifar-10-batches-bin/x{i}"), io.BytesIO(b""))
+    cases["tar-header-flood"] = (many, r"more than .* entries")
+    # An extracted folder whose batch is a sparse file of 64 GiB (no disk used).
+    folder = tmp_path / "sparse"
+    for name, data in builders.cifar10_binary_files(n_per_batch=2, n_test=2)[0].items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    with open(folder / "cifar-10-batches-bin" / "data_batch_2.bin", "r+b") as f:
+        f.truncate(1 << 36)
+    cases["sparse-file"] = (folder, r"data_batch_2.bin.* larger than")
+
+    HOSTILE.extend(f"data:{name}" for name in cases)
+    rc, out, err, rss = run_limited([sys.executable, "-c", INFO_EACH, *(str(p) for p, _ in cases.values())])
+    assert rc == 0 and rss < RSS_BUDGET_MB, (rc, f"peak RSS {rss:.0f} MB", err[-3000:])
+    wrong = {}
+    for (name, (_, pattern)), line in zip(cases.items(), out.splitlines(), strict=True):
+        try:
+            assert_one_line(*json.loads(line), pattern)
+        except AssertionError as e:
+            wrong[name] = str(e)[:300]
+    assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
+    # The good release next to them still reads (the caps are far above any official file).
+    good = builders.write_archive(tmp_path / "good.tar.gz", python_release())
+    from cifarlab.data.cifar import read_official
+
+    assert read_official(good).x_train.shape == (10, 32, 32, 3)
