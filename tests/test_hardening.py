@@ -193,3 +193,86 @@ def test_hostile_data_files_get_one_line_and_bounded_memory(tmp_path):
     from cifarlab.data.cifar import read_official
 
     assert read_official(good).x_train.shape == (10, 32, 32, 3)
+
+
+# -- model files: cifarlab.json --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A real .keras file with 10 outputs and a good cifarlab.json."""
+    import keras
+
+    from cifarlab.models.io import save_model
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    return save_model(model, tmp_path_factory.mktemp("model") / "model.keras", {"class_names": builders.CIFAR10_NAMES})
+
+
+def with_metadata(src, dest, raw: bytes):
+    """A copy of the .keras zip ``src`` whose cifarlab.json holds ``raw``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "cifarlab.json":
+                zout.writestr(item, zin.read(item.filename))
+        zout.writestr("cifarlab.json", raw)
+    return dest
+
+
+def cli_main(capsys, *args):
+    from cifarlab.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+BAD_METADATA = {
+    "a-list": (b"[1, 2]", "not a JSON object"),
+    "a-string": (b'"cat"', "not a JSON object"),
+    "not-json": (b'{"class_names": [', "not valid JSON"),
+    "fewer-names": (json.dumps({"class_names": ["cat", "dog"]}).encode(), "2 class names for a model with 10 outputs"),
+    "more-names": (json.dumps({"class_names": builders.CIFAR10_NAMES * 2}).encode(), "20 class names for a model with 10"),
+    "names-a-string": (json.dumps({"class_names": "airplane"}).encode(), "class_names is not a list of strings"),
+    "names-not-strings": (json.dumps({"class_names": list(range(10))}).encode(), "class_names is not a list of strings"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_METADATA)
+def test_bad_cifarlab_json_is_refused_at_load(case, tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    raw, message = BAD_METADATA[case]
+    HOSTILE.append(f"model:{case}")
+    model = with_metadata(tiny_model, tmp_path / "bad.keras", raw)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
+    before = tree(tmp_path)
+    rc, out, err = cli_main(capsys, "predict", model, tmp_path / "cat.png")
+    assert_one_line(rc, out, err, f"bad.keras: cifarlab.json .*{message}")
+    assert tree(tmp_path) == before
+
+
+# -- training configs and checkpoints --------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "a-list": ("[1, 2]", "not a JSON object"),
+    "request-a-list": ('{"request": [1]}', "not a JSON object"),
+    "epochs-a-string": ('{"epochs": "3"}', "epochs must be a whole number or null, not '3'"),
+    "lr-a-string": ('{"request": {"lr": "0.1"}}', "lr must be a number or null, not '0.1'"),
+    "seed-a-bool": ('{"seed": true}', "seed must be a whole number, not True"),
+    "quiet-a-string": ('{"quiet": "no"}', "quiet must be true or false, not 'no'"),
+    "recipe-a-number": ('{"recipe": 7}', "recipe must be a string, not 7"),
+    "limit-a-float": ('{"limit": 2.5}', "limit must be a whole number or null, not 2.5"),
+    "not-json": ('{"epochs": ', "not a cifarlab config.json"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_file_is_refused(case, tmp_path, capsys, monkeypatch):
+    text, message = BAD_CONFIGS[case]
+    HOSTILE.append(f"config:{case}")
+    (tmp_path / "config.json").write_text(text)
+    monkeypatch.chdir(tmp_path)  # a default run directory would appear here
+    before = tree(tmp_path)
+    rc, out, err = cli_main(capsys, "train", "--config", tmp_path / "config.json", "--data", tmp_path / "none")
+    assert_one_line(rc, out, err, f"config.json: .*{message}")
+    assert tree(tmp_path) == before
