@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
                    help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("--shared-network", action="store_true",
+                   help="run the workers on this machine's network instead of a private one (their TensorFlow "
+                        "servers then listen on every interface, unauthenticated: only behind a firewall)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
     return parser
@@ -128,7 +131,7 @@ def _scale_args(p):
     DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
 
     p.add_argument("--strategy", default=None, choices=CHOICES,
-                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                   help="auto (default): several GPUs, else one device (never a TF_CONFIG cluster); "
                         "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
     p.add_argument("--devices", type=int, metavar="N",
                    help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
@@ -330,7 +333,7 @@ def cmd_export(args) -> int:
 def cmd_launch(args) -> int:
     from cifarlab.launch import launch
 
-    return launch(args.workers, args.cmd, port=args.port)
+    return launch(args.workers, args.cmd, port=args.port, shared_network=args.shared_network)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
