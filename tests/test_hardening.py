@@ -276,3 +276,158 @@ def test_bad_config_file_is_refused(case, tmp_path, capsys, monkeypatch):
     rc, out, err = cli_main(capsys, "train", "--config", tmp_path / "config.json", "--data", tmp_path / "none")
     assert_one_line(rc, out, err, f"config.json: .*{message}")
     assert tree(tmp_path) == before
+
+
+# -- run directories ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    """100 training and 20 test images in the official binary layout: a training run of a few steps."""
+    return builders.cifar10_binary(tmp_path_factory.mktemp("data") / "tiny.tar.gz")[0]
+
+
+def tiny_train(archive, out, **kw):
+    from cifarlab.training.train import train
+
+    return train(recipe="seed", data=str(archive), epochs=1, seed=0, quiet=True, report=False,
+                 out=None if out is None else str(out), **kw)
+
+
+def test_a_folder_cifarlab_did_not_write_is_never_resumed(tiny_archive, tmp_path, capsys):
+    hf = tmp_path / "bert-base"  # a Hugging Face model folder: its own config.json and checkpoint/
+    (hf / "checkpoint").mkdir(parents=True)
+    (hf / "config.json").write_text('{"architectures": ["BertModel"], "hidden_size": 768}')
+    (hf / "model.safetensors").write_bytes(b"\0" * 1000)
+    (hf / "checkpoint" / "latest.weights.h5").write_bytes(b"not ours")
+    HOSTILE.append("run-dir:foreign-config-json")
+    before = tree(hf)
+    rc, out, err = cli_main(capsys, "train", "--recipe", "seed", "--data", tiny_archive, "--epochs", 1,
+                            "--out", hf, "--quiet")
+    assert_one_line(rc, out, err, f"{hf} .*not made by cifarlab train .*choose another --out")
+    assert tree(hf) == before
+
+
+def test_a_bad_marker_or_checkpoint_state_is_refused_untouched(tmp_path):
+    import h5py
+
+    from cifarlab.training import checkpoint
+
+    request = {"recipe": "seed", "epochs": 1}
+    run = checkpoint.claim(tmp_path / "run", request)
+    run.release()
+    (run.out / "config.json").write_text(json.dumps({"request": request}))
+    target = checkpoint.path(run.out)
+    target.parent.mkdir()
+    states = {"a-list": "[]", "no-epoch": '{"step": 0, "history": []}', "epoch-a-string":
+              '{"epoch": "2", "step": 0, "history": [], "rng": {}}', "history-not-a-list":
+              '{"epoch": 1, "step": 0, "history": 5, "rng": {}}', "not-json": "{"}
+    for name, raw in states.items():
+        HOSTILE.append(f"checkpoint:{name}")
+        with h5py.File(target, "w") as f:
+            f.attrs[checkpoint.STATE_ATTR] = raw
+        before = tree(run.out)
+        with pytest.raises(CifarlabError, match="unreadable checkpoint .*move it away"):
+            checkpoint.claim(run.out, request)
+        assert tree(run.out) == before, name
+    target.unlink()
+    marker = run.out / checkpoint.MARKER
+    for name, raw in {"marker-not-json": "cifarlab", "marker-from-the-future": '{"format": 99}'}.items():
+        HOSTILE.append(f"run-dir:{name}")
+        marker.write_text(raw)
+        before = tree(run.out)
+        with pytest.raises(CifarlabError, match=f"{checkpoint.MARKER}.* (unreadable|format)"):
+            checkpoint.claim(run.out, request)
+        assert tree(run.out) == before, name
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first(tiny_archive, tmp_path, capsys):
+    from cifarlab.training import checkpoint
+
+    first = checkpoint.claim(tmp_path / "run", {})  # held, as a run in progress holds it
+    try:
+        before = tree(first.out)
+        rc, out, err = cli_main(capsys, "train", "--recipe", "seed", "--data", tiny_archive, "--epochs", 1,
+                                "--out", first.out, "--quiet")
+        assert_one_line(rc, out, err, f"{first.out} is in use by another cifarlab run \\(pid {os.getpid()}\\)")
+        assert tree(first.out) == before
+    finally:
+        first.release()
+    assert checkpoint.claim(first.out, {}).resuming  # released: the folder is free again
+
+
+def test_default_run_names_made_in_the_same_second_do_not_collide(tiny_archive, tmp_path, monkeypatch):
+    from cifarlab.training import checkpoint
+    from cifarlab.training import train as train_module
+
+    name = tmp_path / "runs" / "20261202-010000-seed-seed"
+    monkeypatch.setattr(train_module, "default_run_dir", lambda model, recipe: name)
+    other = checkpoint.claim(name, {}, fresh=True)  # another run, started the same second, holds that name
+    try:
+        run = tiny_train(tiny_archive, None)
+    finally:
+        other.release()
+    assert other.out == name and run.run_dir == name.with_name(name.name + "-2")
+    assert (run.run_dir / "metrics.json").is_file()
+    assert sorted(p.name for p in name.iterdir()) == sorted([checkpoint.MARKER, checkpoint.LOCK])  # untouched
+
+
+def test_a_failure_before_the_first_checkpoint_deletes_only_what_the_run_made(tiny_archive, tmp_path, monkeypatch):
+    from cifarlab.training import train as train_module
+
+    def no_optimizer(recipe):
+        raise CifarlabError("injected failure before the first checkpoint")
+
+    monkeypatch.setattr(train_module, "_optimizer", no_optimizer)
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(CifarlabError, match="injected failure"):
+        tiny_train(tiny_archive, existing)
+    assert existing.is_dir() and list(existing.iterdir()) == []  # the user's folder stays, as empty as it was
+    fresh = tmp_path / "new" / "run"
+    with pytest.raises(CifarlabError, match="injected failure"):
+        tiny_train(tiny_archive, fresh)
+    assert not fresh.exists()  # the folder this run made is gone again
+
+
+# -- export --------------------------------------------------------------------------------------------------
+
+def test_savedmodel_export_never_deletes_a_folder_that_is_not_a_savedmodel(tiny_model, tiny_archive, tmp_path, capsys):
+    run = tmp_path / "run"  # a run directory: what `-o runs/r1` by mistake would name
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "model.keras").write_bytes(b"weights")
+    almost = tmp_path / "almost"  # a SavedModel with the user's notes inside
+    (almost / "variables").mkdir(parents=True)
+    (almost / "saved_model.pb").write_bytes(b"pb")
+    (almost / "notes.txt").write_text("mine")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("export PATH")
+    for name, target, message in (("run-directory", run, "is not a SavedModel"),
+                                  ("savedmodel-with-other-files", almost, "notes.txt"),
+                                  ("home-folder", home, "is not a SavedModel")):
+        HOSTILE.append(f"export:{name}")
+        before = tree(tmp_path)
+        rc, out, err = cli_main(capsys, "export", tiny_model, "--format", "savedmodel", "-o", target,
+                                "--data", tiny_archive)
+        assert_one_line(rc, out, err, f"{target}.*{message}.*refusing to replace it")
+        assert tree(tmp_path) == before
+
+
+# -- multi-worker opt-in -----------------------------------------------------------------------------------
+
+def test_an_inherited_tf_config_never_turns_a_plain_train_into_a_cluster_run(monkeypatch, capsys):
+    from cifarlab.training import distribute
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    placement = distribute.setup("auto")
+    assert placement.kind == "default" and placement.workers == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cifarlab: warning: TF_CONFIG is set but ignored: this run trains on this machine alone "
+                   "(--strategy multiworker joins the cluster it names)"]
+
+
+def test_launch_refuses_a_strategy_that_is_not_multiworker(capsys):
+    rc, out, err = cli_main(capsys, "launch", "--workers", 2, "--", "train", "--strategy", "auto")
+    assert_one_line(rc, out, err, "launch trains with --strategy multiworker, not 'auto'")
