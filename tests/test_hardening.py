@@ -122,6 +122,11 @@ def hostile_pickles() -> dict[str, bytes]:
         nested = [nested] * 100
     cyclic = []
     cyclic.append(cyclic)
+    import _codecs
+
+    doubling = b"\0"  # "hex"-encoded 40 times over: a terabyte
+    for _ in range(40):
+        doubling = Reduce(_codecs.encode, doubling, "hex")
     real = np.zeros((2, 3072), np.uint8)
     objects = np.empty(2, dtype=object)  # filled by hand: np.array() would expand the nested lists
     objects[0], objects[1] = nested, 1
@@ -132,6 +137,7 @@ def hostile_pickles() -> dict[str, bytes]:
         "object-array": pickle.dumps({"data": objects, "labels": [0, 1]}, protocol=2),
         "exponential-lists": pickle.dumps({"data": real, "labels": nested}, protocol=2),
         "self-containing-list": pickle.dumps({"data": real, "labels": cyclic}, protocol=2),
+        "codec-chain": pickle.dumps({"data": doubling, "labels": [0]}, protocol=2),
     }
 
 
@@ -431,3 +437,14 @@ def test_an_inherited_tf_config_never_turns_a_plain_train_into_a_cluster_run(mon
 def test_launch_refuses_a_strategy_that_is_not_multiworker(capsys):
     rc, out, err = cli_main(capsys, "launch", "--workers", 2, "--", "train", "--strategy", "auto")
     assert_one_line(rc, out, err, "launch trains with --strategy multiworker, not 'auto'")
+
+
+def test_launch_refuses_when_the_private_network_cannot_be_made(tmp_path):
+    from cifarlab.launch import PrivateNetwork
+
+    network = PrivateNetwork()
+    network.CLONE_NEWUSER = 1  # an unshare() the kernel refuses (EINVAL), as where user namespaces are off
+    with pytest.raises(CifarlabError, match=r"cannot give the workers a private network \(unshare: Invalid argument\)"
+                                            r".*--shared-network"):
+        network.spawn([sys.executable, "-c", f"open({str(tmp_path / 'ran')!r}, 'w')"], dict(os.environ))
+    assert not (tmp_path / "ran").exists()  # the worker never ran
