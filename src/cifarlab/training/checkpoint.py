@@ -176,7 +176,10 @@ def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> 
         raise CifarlabError(f"{out} holds a completed run; choose another --out")
     if out.exists() and not out.is_dir():
         raise CifarlabError(f"{out} already exists and is not a folder; choose another --out")
-    names = frozenset(os.listdir(out)) if out.is_dir() else frozenset()
+    try:
+        names = frozenset(os.listdir(out)) if out.is_dir() else frozenset()
+    except OSError as e:
+        raise CifarlabError(f"cannot read run directory {out}: {e.strerror or e}") from None
     if names <= {LOCK}:  # new, empty, or left by an attempt killed before it wrote its marker
         created = not out.exists()
         try:
@@ -185,9 +188,9 @@ def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> 
             raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
         return _start(RunDir(out, created=created, existed=names))
     if MARKER not in names:
-        why = "it holds a config.json that" if "config.json" in names else "it"
-        raise CifarlabError(f"{out} already exists and was not made by cifarlab train ({why} has no {MARKER} "
-                            "marker); choose another --out")
+        where = " beside its config.json" if "config.json" in names else " in it"
+        raise CifarlabError(f"{out} already exists and was not made by cifarlab train (no {MARKER} marker{where}); "
+                            "choose another --out")
     _read_marker(out)
     run = RunDir(out, resuming=True, existed=names)
     run.lock_fd = _lock(out)
