@@ -124,8 +124,8 @@ def launch(workers: int, cmd: list[str], port: int = 0, shared_network: bool = F
         raise CifarlabError(f"--workers must be a positive whole number, not {workers!r}")
     if port and not 1024 <= port <= 65535 - workers:
         raise CifarlabError(f"--port must leave room for {workers} ports between 1024 and 65535, not {port}")
-    cmd, out, made_out = _worker_command(cmd, workers)
     network = None if shared_network else PrivateNetwork()
+    cmd, out, made_out = _worker_command(cmd, workers)
     ports = list(range(port, port + workers)) if port else free_ports(workers)
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
