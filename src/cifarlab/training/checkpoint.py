@@ -491,7 +491,11 @@ class Checkpointer(keras.callbacks.Callback):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             load_weights(self.run_dir, model)
-        _set_rng_state(state["rng"])
+        try:
+            _set_rng_state(state["rng"])
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+            raise CifarlabError(f"{path(self.run_dir)}: unreadable checkpoint (its random-generator state: "
+                                f"{type(e).__name__}); move it away to start the run afresh") from None
         self.rows = list(state["history"])
         self.epochs_done = state["epoch"]
         self._stopped_early = bool(state.get("stopped_early"))
