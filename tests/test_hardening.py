@@ -286,10 +286,10 @@ def tiny_archive(tmp_path_factory):
     return builders.cifar10_binary(tmp_path_factory.mktemp("data") / "tiny.tar.gz")[0]
 
 
-def tiny_train(archive, out, **kw):
+def tiny_train(archive, out, epochs=1, **kw):
     from cifarlab.training.train import train
 
-    return train(recipe="seed", data=str(archive), epochs=1, seed=0, quiet=True, report=False,
+    return train(recipe="seed", data=str(archive), epochs=epochs, seed=0, quiet=True, report=False,
                  out=None if out is None else str(out), **kw)
 
 
@@ -442,3 +442,30 @@ def test_launch_refuses_when_the_private_network_cannot_be_made(tmp_path):
                                             r".*--shared-network"):
         network.spawn([sys.executable, "-c", f"open({str(tmp_path / 'ran')!r}, 'w')"], dict(os.environ))
     assert not (tmp_path / "ran").exists()  # the worker never ran
+
+
+def test_a_checkpoint_with_a_bad_generator_state_is_one_line_at_resume(tiny_archive, tmp_path, monkeypatch):
+    import h5py
+
+    from cifarlab.training import checkpoint
+
+    real = checkpoint.Checkpointer.on_epoch_begin
+
+    def crash_in_epoch_2(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("crash after the first epoch's checkpoint")
+        real(self, epoch, logs)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "on_epoch_begin", crash_in_epoch_2)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crash after"):
+        tiny_train(tiny_archive, out, epochs=2, checkpoint_every=0)
+    monkeypatch.setattr(checkpoint.Checkpointer, "on_epoch_begin", real)
+    with h5py.File(checkpoint.path(out), "a") as f:  # well-formed JSON, a generator state numpy refuses
+        state = json.loads(f.attrs[checkpoint.STATE_ATTR])
+        state["rng"]["numpy"] = [1, 2, 3, 4, 5]
+        f.attrs[checkpoint.STATE_ATTR] = json.dumps(state)
+    HOSTILE.append("checkpoint:bad-generator-state")
+    with pytest.raises(CifarlabError, match="unreadable checkpoint \\(its random-generator state"):
+        tiny_train(tiny_archive, out, epochs=2, checkpoint_every=0)
+    assert checkpoint.path(out).is_file() and not (out / "metrics.json").exists()
