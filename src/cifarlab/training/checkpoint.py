@@ -136,7 +136,7 @@ def _state_problem(state) -> str | None:
 
 
 @dataclass
-class RunDir:
+class Claim:
     """A run directory claimed by :func:`claim`: where it is and what this attempt may remove.
 
     ``resuming``: it holds an earlier attempt of the same run. ``created``: this attempt made
@@ -156,7 +156,7 @@ class RunDir:
             self.lock_fd = None
 
 
-def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> RunDir:
+def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> Claim:
     """Make ``out`` ready for a run and lock it for the run's lifetime.
 
     ``fresh``: ``out`` is a default name; a new folder is made beside it if it exists
@@ -168,10 +168,10 @@ def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> 
     out = Path(out)
     if not chief:
         # Other workers neither check nor create: the chief does, and is writing there right now.
-        return RunDir(out)
+        return Claim(out)
     if fresh:
         out = fresh_dir(out)
-        return _start(RunDir(out, created=True))
+        return _start(Claim(out, created=True))
     if (out / "metrics.json").exists():
         raise CifarlabError(f"{out} holds a completed run; choose another --out")
     if out.exists() and not out.is_dir():
@@ -186,13 +186,13 @@ def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> 
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
-        return _start(RunDir(out, created=created, existed=names))
+        return _start(Claim(out, created=created, existed=names))
     if MARKER not in names:
         where = " beside its config.json" if "config.json" in names else " in it"
         raise CifarlabError(f"{out} already exists and was not made by cifarlab train (no {MARKER} marker{where}); "
                             "choose another --out")
     _read_marker(out)
-    run = RunDir(out, resuming=True, existed=names)
+    run = Claim(out, resuming=True, existed=names)
     run.lock_fd = _lock(out)
     try:  # checked again under the lock: another run may have finished or written it meanwhile
         if (out / "metrics.json").exists():
@@ -205,7 +205,7 @@ def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> 
     return run
 
 
-def _start(run: RunDir) -> RunDir:
+def _start(run: Claim) -> Claim:
     """Lock a new, empty run directory and mark it as this program's."""
     run.lock_fd = _lock(run.out)
     try:
@@ -273,7 +273,7 @@ def _lock(out: Path) -> int:
     raise CifarlabError(f"cannot lock run directory {out}: its lock file keeps changing")
 
 
-def after_failure(run: RunDir) -> None:
+def after_failure(run: Claim) -> None:
     """On an error: keep a directory that holds a checkpoint (the same command resumes it).
     Without one, remove what this attempt made: the whole folder if it made the folder, else only
     the files of :data:`EARLY_FILES` that were not there before; never anything else."""
@@ -382,10 +382,9 @@ def _checkpoint_bytes(model, state: dict, arrays: dict[str, np.ndarray] | None) 
     error, and at exit a crash (SIGSEGV) when it retries flushing the file it could not close.
     """
     import h5py
-    from keras.src.saving import saving_lib
 
     buf = _NamedBuffer()
-    saving_lib.save_weights_only(model, buf)
+    model.save_weights(buf)  # Keras writes to any file object whose name ends in .weights.h5
     with h5py.File(buf, "a") as f:
         f.attrs[STATE_ATTR] = json.dumps(state)
         for name, value in (arrays or {}).items():
@@ -480,6 +479,14 @@ class Checkpointer(keras.callbacks.Callback):
             write(self.run_dir, self.model, state, previous=self.last_saved)
         self.last_saved = state
 
+    def initial_epoch(self, epochs: int) -> int:
+        """``fit(initial_epoch=...)`` for a run of ``epochs``: 0 afresh, else the epoch after the checkpoint's
+        last (``epochs`` if early stopping had ended it: nothing more to train)."""
+        state = read_state(self.run_dir)
+        if state is None:
+            return 0
+        return epochs if state.get("stopped_early") else state["epoch"]
+
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         state = read_state(self.run_dir)
@@ -503,9 +510,6 @@ class Checkpointer(keras.callbacks.Callback):
         if es is not None and saved_es:
             es.wait, es.best_epoch, es.stopped_epoch = saved_es["wait"], saved_es["best_epoch"], saved_es["stopped_epoch"]
             es.best = saved_es["best"]
-        # fit() reads this after on_train_begin: the first epoch it runs.
-        epochs = self.params.get("epochs", 0)
-        model._initial_epoch = epochs if self._stopped_early else self.epochs_done
         self.resumed_from = self.last_saved = state
         if self.writes:
             resuming_notice(state)
