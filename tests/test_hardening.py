@@ -319,8 +319,9 @@ def test_a_bad_marker_or_checkpoint_state_is_refused_untouched(tmp_path):
     target = checkpoint.path(run.out)
     target.parent.mkdir()
     states = {"a-list": "[]", "no-epoch": '{"step": 0, "history": []}', "epoch-a-string":
-              '{"epoch": "2", "step": 0, "history": [], "rng": {}}', "history-not-a-list":
-              '{"epoch": 1, "step": 0, "history": 5, "rng": {}}', "not-json": "{"}
+              '{"epoch": "2", "step": 0, "history": []}', "history-not-a-list":
+              '{"epoch": 1, "step": 0, "history": 5}', "rng-a-list": '{"epoch": 1, "step": 0, "history": [], "rng": []}',
+              "not-json": "{"}
     for name, raw in states.items():
         HOSTILE.append(f"checkpoint:{name}")
         with h5py.File(target, "w") as f:

@@ -123,14 +123,13 @@ def _state_problem(state) -> str | None:
         return "history must be a list of epochs"
     if state.get("trainer") == "fast":
         kinds = {"shuffle_rng": dict, "augment_rng": list, "sums": list, "steps_per_epoch": int}
-    else:
-        kinds = {"rng": dict}
-    wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
-    if wrong:
-        return f"{', '.join(wrong)} missing or of the wrong type"
-    rng = state.get("rng")
-    if rng is not None and not (isinstance(rng.get("numpy"), list) and len(rng["numpy"]) == 5
-                                and isinstance(rng.get("python"), list) and len(rng["python"]) == 3):
+        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+        if wrong:
+            return f"{', '.join(wrong)} missing or of the wrong type"
+    rng = state.get("rng")  # Keras' fit path; a resume without it is refused where it is read
+    if rng is not None and not (isinstance(rng, dict) and isinstance(rng.get("numpy"), list)
+                                and len(rng["numpy"]) == 5 and isinstance(rng.get("python"), list)
+                                and len(rng["python"]) == 3):
         return "rng must hold the numpy and Python generator states"
     return None
 
