@@ -204,8 +204,9 @@ def cmd_train(args) -> int:
     if not m:  # a multi-worker run's other workers: the chief reports
         print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
         return 0
-    tta = f" ({m['tta_test_accuracy']:.4f} with test-time augmentation)" if "tta_test_accuracy" in m else ""
-    print(f"test accuracy {m['test_accuracy']:.4f}{tta}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
+    from cifarlab.evaluation.metrics import headline
+
+    print(f"test accuracy {headline(m)}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
     return 0
 
