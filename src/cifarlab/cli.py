@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
                    help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("--shared-network", action="store_true",
+                   help="run the workers on this machine's network instead of a private one (their TensorFlow "
+                        "servers then listen on every interface, unauthenticated: only behind a firewall)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
     return parser
@@ -150,7 +153,7 @@ def _scale_args(p):
     DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
 
     p.add_argument("--strategy", default=None, choices=CHOICES,
-                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                   help="auto (default): several GPUs, else one device (never a TF_CONFIG cluster); "
                         "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
     p.add_argument("--devices", type=int, metavar="N",
                    help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
@@ -224,8 +227,9 @@ def cmd_train(args) -> int:
     if not m:  # a multi-worker run's other workers: the chief reports
         print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
         return 0
-    tta = f" ({m['tta_test_accuracy']:.4f} with test-time augmentation)" if "tta_test_accuracy" in m else ""
-    print(f"test accuracy {m['test_accuracy']:.4f}{tta}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
+    from cifarlab.evaluation.metrics import headline
+
+    print(f"test accuracy {headline(m)}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
     return 0
 
@@ -373,7 +377,7 @@ def cmd_audit(args) -> int:
 def cmd_launch(args) -> int:
     from cifarlab.launch import launch
 
-    return launch(args.workers, args.cmd, port=args.port)
+    return launch(args.workers, args.cmd, port=args.port, shared_network=args.shared_network)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
