@@ -2,17 +2,7 @@
 
 It sits on top of training and evaluation (it trains cross-fitted nets and reports like a run);
 nothing imports it. Modules: ``folds`` (cross-fitting), ``labels`` (confident learning through
-cleanlab), ``duplicates``, ``outliers``, ``report`` (audit.html) and ``run`` (the whole audit).
+cleanlab), ``duplicates``, ``outliers``, ``report`` (audit.html) and ``run`` (the whole audit:
+``cifarlab.audit.run.audit(AuditConfig(...))``). The package itself re-exports nothing, so its modules
+importing each other never import it back.
 """
-
-from __future__ import annotations
-
-__all__ = ["AuditConfig", "audit"]
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        from cifarlab.audit import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'cifarlab.audit' has no attribute {name!r}")
