@@ -98,6 +98,7 @@ def expected(seed_run, images):
 def hostile_images() -> list[tuple[str, bytes, int]]:
     tiny = Image.new("RGB", (40, 40), (10, 20, 30))
     webp = encode(tiny, "WEBP")
+    png = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)), "PNG")
     return [
         ("16-bit grey PNG over the per-image cap", grey16(2100, 2100), 400),
         ("GIF (not accepted)", encode(tiny, "GIF"), 415),
@@ -109,7 +110,10 @@ def hostile_images() -> list[tuple[str, bytes, int]]:
         ("BMP declaring 50000x50000", bmp_declaring(50000, 50000), 400),
         ("BMP declaring 0x0", bmp_declaring(0, 0), 415),  # Pillow does not even identify it
         ("truncated WebP", webp[: len(webp) // 2], 400),
-        ("PNG signature only", b"\x89PNG\r\n\x1a\n", 400),
+        ("PNG signature only", b"\x89PNG\r\n\x1a\n", 415),
+        ("PNG with a broken header CRC", png[:29] + bytes([png[29] ^ 0xFF]) + png[30:], 415),  # not identified
+        ("PNG cut inside its pixel data", png[: len(png) - 100], 400),
+        ("3000x3000 RGB PNG (9 megapixels)", encode(Image.new("RGB", (3000, 3000)), "PNG"), 400),
     ]
 
 
@@ -396,7 +400,7 @@ def test_shutdown_drains_in_flight_requests():
         time.sleep(1.0)
         return _probs(x)
 
-    srv = InProcessServer(create_app(_stub(slow)), timeout_graceful_shutdown=10)
+    srv = InProcessServer(create_app(_stub(slow), queue_timeout_s=30), timeout_graceful_shutdown=10)
     try:
         srv.session.get(srv.url + "/health")
         started.clear()

@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[::1] and the --host address; for 0.0.0.0 also this machine's names)")
     p.add_argument("--max-connections", type=int, default=2048, metavar="N",
                    help="open connections at once; past that new requests get 503 (default 2048)")
-    p.add_argument("--max-inflight", type=int, default=256, metavar="N",
-                   help="prediction requests in progress at once; past that 503 + Retry-After (default 256)")
+    p.add_argument("--max-inflight", type=int, default=128, metavar="N",
+                   help="prediction requests in progress at once; past that 503 + Retry-After (default 128)")
     p.add_argument("--max-queue", type=int, default=512, metavar="N",
                    help="images waiting for the model; past that, or after --queue-timeout-ms, 503 (default 512)")
     p.add_argument("--queue-timeout-ms", type=float, default=100.0, metavar="MS",

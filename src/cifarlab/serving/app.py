@@ -59,7 +59,7 @@ DEFAULT_TOP_K = 5
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_REQUEST_PIXELS = 16_000_000
 # Requests in the application at once; past that, 503 before the body is read.
-MAX_INFLIGHT = 256
+MAX_INFLIGHT = 128
 # A body must arrive within this; bodies still arriving may hold this much memory together.
 BODY_TIMEOUT_S = 30.0
 MAX_BUFFERING_BYTES = 256 * 1024 * 1024
@@ -153,7 +153,7 @@ class Service:
         self.served, self.limits = served, limits
         self.batcher = MicroBatcher(served.predict_fn, max_batch=limits.max_batch, max_wait_s=limits.max_wait_s,
                                     max_queue=limits.max_queue, queue_timeout_s=limits.queue_timeout_s)
-        self.gate = Gate(limits.max_inflight)
+        self.gate = Gate(limits.max_inflight, _is_inference, error_body)
         self.decoder: ThreadPoolExecutor | None = None
         self.buffering = 0  # bytes of request bodies still arriving
         self.ready = False
@@ -348,7 +348,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, **overrides) -
     _add_predict_routes(app, svc)
     _add_info_routes(app, svc)
     v2.add_routes(app, svc)
-    app.add_middleware(Admission, gate=svc.gate, limited=_is_inference, error_body=error_body)
+    app.add_middleware(Admission, gate=svc.gate)
     if "*" not in limits.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(limits.allowed_hosts), www_redirect=False)
     return app
@@ -511,7 +511,8 @@ def serve(model_or_run: str | os.PathLike, host: str = "127.0.0.1", port: int = 
     sock.listen(2048)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048,
-                            http=header_deadline_protocol(header_timeout_s), limit_concurrency=max_connections,
+                            http=header_deadline_protocol(header_timeout_s, app.state.service.gate),
+                            limit_concurrency=max_connections,
                             timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=DRAIN_S)
     server = uvicorn.Server(config)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
