@@ -422,3 +422,39 @@ def test_hostile_count():
         pytest.skip("run with the rest of this file")
     print(f"hostile requests thrown: {HOSTILE} = {total}")
     assert total >= 50
+
+
+# ---- the Dockerfile (no Docker daemon or registry here: parsed with BuildKit's own parser, its parts run) ----
+
+def test_dockerfile(server):
+    """Non-root, CPU, installs from the lock, serves on 0.0.0.0; its HEALTHCHECK command, run for real."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dockerfile
+
+    root = Path(__file__).resolve().parents[1]
+    cmds = {}
+    for c in dockerfile.parse_file(str(root / "Dockerfile")):
+        cmds.setdefault(c.cmd, []).append(c)
+    assert cmds["FROM"][0].value[0].startswith("python:3.11")
+    assert any("--constraint requirements.lock" in c.value[0] and '".[cpu]"' in c.value[0] for c in cmds["RUN"])
+    assert cmds["USER"][-1].value[0].split(":")[0] not in ("0", "root")
+    for c in cmds["COPY"]:
+        for src in c.value[:-1]:
+            assert (root / src).exists(), src
+    assert cmds["ENTRYPOINT"][0].value == ("cifarlab",)
+    serve_cmd = cmds["CMD"][0].value
+    assert serve_cmd[0] == "serve" and serve_cmd[serve_cmd.index("--host") + 1] == "0.0.0.0"
+    health = cmds["HEALTHCHECK"][0].value
+    assert health[0] == "CMD" and "/v2/health/ready" in health[-1]
+    # the same command against a real server: ready is exit 0; no server is a failure
+    probe = [sys.executable, *health[2:]]
+    port = server.url.rsplit(":", 1)[1]
+    assert subprocess.run([*probe[:-1], probe[-1].replace(":8000", f":{port}")], timeout=30).returncode == 0
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    assert subprocess.run([*probe[:-1], probe[-1].replace(":8000", f":{closed}")], timeout=30,
+                          capture_output=True).returncode != 0
