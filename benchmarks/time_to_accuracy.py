@@ -1,4 +1,4 @@
-"""Time to accuracy: seed vs quick vs fast on the full CIFAR-10 copy, in one run (issue 3's targets).
+"""Time to accuracy: seed vs quick vs fast vs the published peer on the full CIFAR-10 copy, in one run.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--data ARCHIVE] [--seeds 3] [--only fast,quick,...]
 
@@ -7,13 +7,17 @@ takes ``/tmp/cifarlab-cpu.lock`` while it runs, so heavy runs of the engineers
 sharing this machine do not overlap; light work of others (tests, editors) still
 does, and the load average at the start and end of each sub-run is recorded.
 
-- ``peak``: bf16 and fp32 matmul TFLOP/s (TensorFlow, 2048^3), the ceiling for throughput.
+- ``peak``: bf16 and fp32 TFLOP/s of a matmul (2048^3) and of a fast-net convolution (forward and
+  backward-weights), the ceilings for throughput, and the oneDNN kernels they ran on (AMX or not).
 - ``seed``: the seed recipe (fp32, batch 32, adam) until 65 % test accuracy, checked
   every 250 steps and each epoch.
 - ``quick``, ``fast`` x seeds: the recipes as registered, training on all 50,000
   images; test accuracy every few steps until 65 %, then each epoch; final plain and
   TTA test accuracy. "seconds" = training + final TTA evaluation (the clock stops
   while the progress evaluations run).
+- ``peer``: airbench94_muon (the published record script) through the shipped CPU port, run
+  by ``benchmarks/peer.py`` on the same archive: its TTA accuracy and seconds of training + TTA,
+  timed as it times itself; the summary gives fast's and quick's seconds as ratios of it.
 - ``pipeline``: fast step time with the real input pipeline (gather + flip +
   translate of uint8) against the same step on one fixed, unaugmented batch.
 
@@ -57,23 +61,57 @@ def _finish(out: dict) -> dict:
     return out
 
 
+def _rate(fn, x, flops: float, reps: int) -> float:
+    fn(x).numpy()  # compile and warm up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        r = fn(x)
+    r.numpy()
+    return round(flops * reps / (time.perf_counter() - t0) / 1e12, 3)
+
+
 def run_peak(args) -> dict:
+    """bf16 and fp32 TFLOP/s of a 2048^3 matmul and of a fast-net 3x3 convolution (batch 500, 15x15,
+    64 -> 256 channels: forward, and backward-weights as its own op), and which oneDNN kernels ran
+    (``ONEDNN_VERBOSE``: an ``amx`` ISA where the CPU has AMX and oneDNN uses it)."""
     import tensorflow as tf
 
     out = {}
-    n = 2048
+    n, (b, h, c_in, c_out) = 2048, (500, 15, 64, 256)
+    conv_flops = 2 * b * h * h * c_in * c_out * 9
     for dtype in ("bfloat16", "float32"):
-        a = tf.random.normal([n, n], dtype=tf.float32)
-        a = tf.cast(a, dtype)
-        f = tf.function(lambda x: tf.matmul(x, x))
-        f(a).numpy()
         reps = 10 if dtype == "bfloat16" else 5
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            r = f(a)
-        r.numpy()
-        out[f"{dtype}_matmul_tflops"] = round(2 * n**3 * reps / (time.perf_counter() - t0) / 1e12, 3)
+        a = tf.cast(tf.random.normal([n, n]), dtype)
+        out[f"{dtype}_matmul_tflops"] = _rate(tf.function(lambda x: tf.matmul(x, x)), a, 2 * n**3, reps)
+        x = tf.cast(tf.random.normal([b, h, h, c_in]), dtype)
+        k = tf.cast(tf.random.normal([3, 3, c_in, c_out]), dtype)
+        dy = tf.cast(tf.random.normal([b, h, h, c_out]), dtype)
+        out[f"{dtype}_conv_fwd_tflops"] = _rate(tf.function(lambda x: tf.nn.conv2d(x, k, 1, "SAME")), x, conv_flops,
+                                                reps)
+        out[f"{dtype}_conv_bwd_weights_tflops"] = _rate(tf.function(lambda x: tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=[3, 3, c_in, c_out], out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")),
+            x, conv_flops, reps)
+    out["onednn_kernels"] = _onednn_kernels()
     return out
+
+
+def _onednn_kernels() -> list[str]:
+    """The oneDNN implementations a bf16 matmul and conv run on here, e.g. ``brg_conv_fwd:avx512_core_amx``."""
+    probe = ("import tensorflow as tf\n"
+             "x = tf.cast(tf.random.normal([64, 15, 15, 64]), tf.bfloat16)\n"
+             "k = tf.cast(tf.random.normal([3, 3, 64, 64]), tf.bfloat16)\n"
+             "tf.nn.conv2d(x, k, 1, 'SAME').numpy()\n"
+             "m = tf.cast(tf.random.normal([256, 256]), tf.bfloat16)\n"
+             "tf.matmul(m, m).numpy()\n")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       env={**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    seen = set()
+    for line in p.stdout.splitlines():
+        parts = line.split(",")
+        # onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,forward_training,...
+        if len(parts) > 6 and parts[0] == "onednn_verbose" and "exec" in parts:
+            seen.add(f"{parts[parts.index('exec') + 2]}: {parts[parts.index('exec') + 3]}")
+    return sorted(seen)
 
 
 def run_seed(args) -> dict:
@@ -193,9 +231,15 @@ def run_pipeline(args) -> dict:
     return out
 
 
+def run_peer_kind(args) -> dict:
+    from peer import run_peer
+
+    return run_peer(args.data, runs=1, threads=os.cpu_count() or 2, limit=args.limit)
+
+
 def child(args) -> None:
-    fn = {"peak": run_peak, "seed": run_seed, "pipeline": run_pipeline}.get(args.one, run_recipe)
-    if args.one not in ("peak", "seed", "pipeline"):
+    fn = {"peak": run_peak, "seed": run_seed, "pipeline": run_pipeline, "peer": run_peer_kind}.get(args.one, run_recipe)
+    if args.one not in ("peak", "seed", "pipeline", "peer"):
         args.recipe = args.one
     out = fn(args)
     print("RESULT " + json.dumps(_finish(out)), flush=True)
@@ -233,7 +277,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--only", default="peak,pipeline,seed,quick,fast")
+    ap.add_argument("--only", default="peak,pipeline,peer,seed,quick,fast")
     ap.add_argument("--limit", type=int, help="train on fewer images (smoke test only)")
     ap.add_argument("--epochs", type=float, help="override epochs (smoke test only)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -244,6 +288,7 @@ def main():
     ap.add_argument("--progress", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     if args.one:
         return child(args)
     if args.markdown:
@@ -274,6 +319,8 @@ def main():
     fast = [("fast", ("--seed", str(s)) + (("--progress", "2") if s == 0 else ())) for s in range(args.seeds)]
     if "fast" in only:
         plan += fast[:1]
+    if "peer" in only:  # right after fast seed 0: the two figures the targets compare, close in time
+        plan.append(("peer", ()))
     if "seed" in only:
         plan.append(("seed", ()))
     if "quick" in only:
@@ -311,6 +358,7 @@ def summarise(runs: list[dict]) -> dict:
     quick = next((r for r in reversed(ok) if r["kind"] == "quick"), None)  # the latest: the registered epochs
     seed = next((r for r in ok if r["kind"] == "seed"), None)
     peak = next((r for r in ok if r["kind"] == "peak"), None)
+    peer = next((r for r in ok if r["kind"] == "peer"), None)
     s = {}
     if fast:
         accs = [r["tta_test_accuracy"] for r in fast]
@@ -325,6 +373,8 @@ def summarise(runs: list[dict]) -> dict:
                      "seconds_to_65": fast[0]["seconds_to_65"]}
         if peak:
             s["fast"]["share_of_bf16_peak"] = round(s["fast"]["tflops"] / peak["bfloat16_matmul_tflops"], 3)
+            if "bfloat16_conv_fwd_tflops" in peak:
+                s["fast"]["share_of_bf16_conv_peak"] = round(s["fast"]["tflops"] / peak["bfloat16_conv_fwd_tflops"], 3)
     if quick:
         s["quick"] = {k: quick[k] for k in ("tta_test_accuracy", "test_accuracy", "seconds", "seconds_to_65",
                                             "images_per_second", "tflops", "peak_rss_gib")}
@@ -336,7 +386,13 @@ def summarise(runs: list[dict]) -> dict:
         if best:
             s["speedup_to_65_vs_seed"] = round(seed["seconds_to_65"] / best, 2)
     if peak:
-        s["peak"] = {k: v for k, v in peak.items() if k.endswith("tflops")}
+        s["peak"] = {k: v for k, v in peak.items() if k.endswith("tflops") or k == "onednn_kernels"}
+    if peer:
+        s["peer"] = {"tta_accuracy": peer["tta_accuracy"], "seconds": peer["seconds"]}
+        for name in ("fast", "quick"):
+            if name in s:
+                secs = s[name].get("mean_seconds", s[name].get("seconds"))
+                s[name]["seconds_vs_peer"] = round(secs / peer["seconds"], 3)
     return s
 
 
@@ -351,6 +407,11 @@ def write_markdown(results: dict) -> None:
              "| peak RSS (GiB) | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if "error" in r or r["kind"] in ("peak", "pipeline"):
+            continue
+        if r["kind"] == "peer":
+            lines.append(f"| peer: {r['peer']}, CPU port | {r['tta_accuracy']:.2%} | "
+                         f"{r['runs'][0]['plain_accuracy']:.2%} | {r['seconds']:.0f} | – | – | – | "
+                         f"{r['peak_rss_gib']:.2f} | {r['load_average_start']:.1f}–{r['load_average_end']:.1f} |")
             continue
         name = r["kind"] + (f" seed {r['seed']}" if r["kind"] == "fast" else "") + (
             f" ({r['epochs']} epochs)" if "epochs" in r else "")

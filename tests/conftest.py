@@ -18,6 +18,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("CIFARLAB_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.delenv("CIFARLAB_DATA", raising=False)
+    # Kernel choices keep their defaults: measuring them in every test's fresh cache costs seconds
+    # each; tests/test_autotune.py turns it back on.
+    monkeypatch.setenv("CIFARLAB_AUTOTUNE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -253,34 +253,40 @@ def test_dirac_init_passes_input_channels_through():
 # --- the optimiser's parts ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", ["fused", "native"])
 @pytest.mark.parametrize("name", ["gelu", "silu"])
-def test_float32_activations_match_tensorflow_value_and_gradient(name):
+def test_activation_variants_match_tensorflow_value_and_gradient(name, variant, monkeypatch):
+    """Whichever variant the autotuner picks computes TensorFlow's activation, in the input's dtype."""
     import tensorflow as tf
 
-    from cifarlab.training.ops import ACTIVATIONS
+    from cifarlab.training import autotune, ops
 
+    monkeypatch.setattr(autotune, "choose", lambda key, candidates, default, reps=3: variant)
     ref = {"gelu": lambda v: tf.nn.gelu(v, approximate=False), "silu": tf.nn.silu}[name]
     x = tf.constant(np.linspace(-6, 6, 997), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        ours, theirs = ACTIVATIONS[name](x), ref(x)
+        ours, theirs = ops.activation(name, x), ref(x)
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
     np.testing.assert_allclose(tape.gradient(ours, x), tape.gradient(theirs, x), atol=1e-6)
     xb = tf.cast(x, tf.bfloat16)  # bfloat16 in, bfloat16 out and back
     with tf.GradientTape() as tape:
         tape.watch(xb)
-        y = ACTIVATIONS[name](xb)
+        y = ops.activation(name, xb)
     assert y.dtype == tf.bfloat16 and tape.gradient(y, xb).dtype == tf.bfloat16
 
 
-@pytest.mark.parametrize("size, channels", [(3, 8), (7, 256)])
-def test_conv_with_matmul_kernel_gradient_matches_tensorflows(size, channels):
-    """The small-map convolutions compute their kernel gradient as 9 matmuls: same values, same dtypes."""
+@pytest.mark.parametrize("method", ["onednn", "matmul"])
+@pytest.mark.parametrize("size, channels", [(3, 8), (7, 256), (15, 16)])
+def test_conv_kernel_gradient_methods_match_tensorflows(size, channels, method, monkeypatch):
+    """Both kernel-gradient methods of the 3x3 convolutions give TensorFlow's values and dtypes."""
     import tensorflow as tf
 
-    from cifarlab.training.ops import conv2d, kernel_grad_by_matmul
+    from cifarlab.training import autotune
+    from cifarlab.training.ops import conv2d
 
-    assert kernel_grad_by_matmul(size, channels)
+    asked = []
+    monkeypatch.setattr(autotune, "choose", lambda key, candidates, default, reps=3: asked.append(key) or method)
     x = tf.random.stateless_normal([5, size, size, channels], seed=[1, 2])
     k = tf.random.stateless_normal([3, 3, channels, 6], seed=[3, 4])
     dy = tf.random.stateless_normal([5, size, size, 6], seed=[5, 6])  # a loss that weights every output
@@ -288,9 +294,11 @@ def test_conv_with_matmul_kernel_gradient_matches_tensorflows(size, channels):
         tape.watch([x, k])
         ours, theirs = conv2d(x, k, (1, 1), "SAME"), tf.nn.conv2d(x, k, 1, "SAME")
         loss_ours, loss_theirs = tf.reduce_sum(ours * dy), tf.reduce_sum(theirs * dy)
+    assert not asked  # a forward pass measures nothing
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     for a, b in zip(tape.gradient(loss_ours, [x, k]), tape.gradient(loss_theirs, [x, k])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert asked == [f"conv3x3_kernel_grad/float32/5x{size}x{size}x{channels}->6"]
     xb, kb = tf.cast(x, tf.bfloat16), tf.cast(k, tf.bfloat16)
     with tf.GradientTape() as tape:
         tape.watch([xb, kb])

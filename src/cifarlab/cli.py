@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
+    p.add_argument("--no-autotune", action="store_true",
+                   help="use the default kernels instead of those measured fastest on this machine (cached in "
+                        "~/.cache/cifarlab/autotune.json)")
     _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
@@ -201,6 +204,8 @@ def cmd_train(args) -> int:
                                     "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
+    if args.no_autotune:
+        cfg.autotune = False
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
     _quiet_tf()
     from cifarlab.training.signals import Interrupted

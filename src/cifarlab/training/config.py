@@ -35,6 +35,7 @@ class TrainConfig:
     strategy: str = "auto"  # distribution: auto | mirrored | multiworker (training.distribute)
     devices: int | None = None  # local devices (GPUs, or logical CPUs) per worker
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints; None: the default, 0: epochs only
+    autotune: bool = True  # measure kernel choices on this machine once, then cache them (training.autotune)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -384,7 +384,7 @@ class FastTrainer:
                                                                layer.moving_variance, epsilon=layer.epsilon,
                                                                is_training=False)
             elif isinstance(layer, keras.layers.Activation):
-                x = ops.ACTIVATIONS[layer.activation.__name__](x)
+                x = ops.activation(layer.activation.__name__, x)
             elif isinstance(layer, keras.layers.GlobalMaxPooling2D):
                 x = tf.reduce_max(x, axis=[1, 2])
             elif isinstance(layer, keras.layers.Dense):

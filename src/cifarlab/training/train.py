@@ -75,7 +75,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
     """
     from cifarlab.data import load_dataset
-    from cifarlab.training import checkpoint, distribute
+    from cifarlab.training import autotune, checkpoint, distribute
     from cifarlab.training import precision as prec
 
     cfg = config or TrainConfig(**kwargs)
@@ -90,7 +90,8 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     out = Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name)
     resuming = checkpoint.claim(out, asdict(cfg), chief=placement.is_chief)
     try:
-        run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
+        with autotune.turned_off(not cfg.autotune):
+            run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
     except BaseException as e:
         if placement.is_chief:
             checkpoint.after_failure(out, created=not resuming)
