@@ -403,6 +403,9 @@ def hardening(bodies: list[bytes], hint: float, args, workdir: Path) -> dict:
               f"attack {loris['attack']}", flush=True)
         assert server.alive()
 
+        out["hostile"] = hostile(server, "seed-hard", bodies)
+        print(f"hostile requests: {out['hostile']}", flush=True)
+
         if args.soak_seconds > 0:
             rss = RssSampler(pid, every=5)
             soak = uvloop.run(open_loop(server.url, bodies, capacity / 2, args.soak_seconds))
@@ -419,6 +422,28 @@ def hardening(bodies: list[bytes], hint: float, args, workdir: Path) -> dict:
     return out
 
 
+def hostile(server, model_name: str, bodies: list[bytes]) -> dict:
+    """The hostile requests of the test suite (tests/test_serve*.py), thrown at this server: statuses seen."""
+    from test_serve import _bad_requests
+    from test_serve_hardening import hostile_images, hostile_v2
+
+    from cifarlab.data.images import to_array
+
+    pixels = np.stack([to_array(b) for b in bodies[:1]])
+    cases = [(w, "post", "/predict", {"data": d}, st) for w, d, st in hostile_images()]
+    cases += [(w, kw.get("method", "post"), kw.get("path", f"/v2/models/{model_name}/infer"),
+               {k: v for k, v in kw.items() if k not in ("method", "path")}, st) for w, kw, st in hostile_v2(model_name)]
+    cases += _bad_requests(pixels)
+    seen, wrong = {}, []
+    for what, method, path, kw, status in cases:
+        r = getattr(server.session, method)(server.url + path, **kw)
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        if r.status_code != status or not 400 <= r.status_code < 500:
+            wrong.append(f"{what}: {r.status_code}")
+    return {"requests": len(cases), "statuses": {str(k): v for k, v in sorted(seen.items())},
+            "not_as_expected": wrong, "server_alive_after": server.alive()}
+
+
 def hardening_verdict(h: dict) -> dict:
     t, v = HARD_TARGETS, {}
     o = h["overload"]
@@ -430,6 +455,8 @@ def hardening_verdict(h: dict) -> dict:
     c = h["slowloris"]["clients"]
     v["slowloris: p99 <= 250 ms, 0 errors"] = (c["ok_p99_ms"] is not None and c["ok_p99_ms"] <= t["slowloris_p99_ms"]
                                                and set(c["statuses"]) == {"200"})
+    v["hostile requests: each its 4xx, server alive"] = (not h["hostile"]["not_as_expected"]
+                                                        and h["hostile"]["server_alive_after"])
     if "soak" in h:
         s = h["soak"]
         v["soak: RSS range <= 50 MB"] = s["rss_range_mib"] <= t["soak_rss_range_mb"]
@@ -454,6 +481,9 @@ def hardening_table(h: dict, verdict: dict) -> str:
         rows.append(f"| soak (capacity/2) | {s['offered_per_s']:.0f} | {s['seconds']} | {s['statuses']} | "
                     f"{s['ok_per_s']:.0f} | {s['ok_p50_ms']} | {s['ok_p99_ms']} | - | "
                     f"{s['rss_min_mib']}-{s['rss_max_mib']} (range {s['rss_range_mib']}) |")
+    x = h["hostile"]
+    rows.append(f"| hostile requests from the tests (bombs, truncations, wrong formats, huge dimensions, malformed "
+                f"multipart and V2 bodies, bad methods) | - | - | {x['statuses']} | - | - | - | - | - |")
     notes = ["", f"Capacity C = {h['capacity_per_s']:.0f} requests/s: the closed-loop seed run above, same run. "
              f"Slowloris: {a['opened']} connections opened, {a['cut_by_server']} cut by the server's header "
              "deadline (10 s). The load generator (open loop: latency from each request's scheduled time) shares "

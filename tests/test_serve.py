@@ -268,7 +268,9 @@ def test_browser_upload_shows_the_models_label(server, chromium, seed_run, test_
 def test_bad_serve_flags(seed_run, capsys):
     from cifarlab.cli import main
 
-    for flags in (["--max-upload-mb", "0"], ["--port", "70000"], ["--max-batch", "0"]):
+    for flags in (["--max-upload-mb", "0"], ["--port", "70000"], ["--max-batch", "0"], ["--max-inflight", "0"],
+                  ["--header-timeout", "0"], ["--max-request-pixels", "-1"], ["--allowed-hosts", "ev*l.com"],
+                  ["--allowed-hosts", ","]):
         assert main(["serve", str(seed_run.run_dir), *flags]) == 2
         assert capsys.readouterr().err.startswith("cifarlab: error: --")
 
