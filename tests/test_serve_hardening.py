@@ -9,6 +9,7 @@ HOSTILE counts every hostile request thrown here (see benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -299,6 +300,24 @@ def test_slow_headers_are_cut_off_and_others_still_served(strict):
     silent.settimeout(3)
     assert silent.recv(1) == b""  # a connection that sends nothing is closed too
     slow.close(), silent.close()
+
+
+def test_endless_headers_get_431(strict):
+    c = _connect(strict.url)
+    c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    answer = b""
+    try:
+        # 70 x 1 kB, never finished: over the 64 kB cap, and then nothing more (so that the server has read
+        # it all when it closes, and the close is not a reset that would drop its answer)
+        c.sendall(b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70)))
+    except OSError:
+        pass  # closed while sending: the answer is already in the receive buffer
+    c.settimeout(5)
+    with contextlib.suppress(OSError):
+        answer = c.recv(4096)
+    HOSTILE["http"] += 1
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    c.close()
 
 
 def test_slow_body_gets_408(strict):

@@ -1,9 +1,10 @@
 """What keeps one slow or greedy client from starving the others, below the routes.
 
-- :func:`header_deadline_protocol`: uvicorn's HTTP protocol, with a deadline for a
-  request's headers. uvicorn times out idle keep-alive connections but not a
-  connection that dribbles its headers (slowloris), which would otherwise hold its
-  socket, and a slot of ``limit_concurrency``, for ever.
+- :func:`header_deadline_protocol`: uvicorn's HTTP protocol, with a deadline and a
+  size cap for a request's headers. uvicorn times out idle keep-alive connections but
+  not a connection that dribbles its headers (slowloris), which would otherwise hold
+  its socket, and a slot of ``limit_concurrency``, for ever; and with httptools it
+  keeps every header line it is sent, however many.
 - :class:`Admission`: at most ``max_inflight`` inference requests at once in the
   application; the next one is answered 503 with ``Retry-After`` at once, before its
   body is read, so overload costs little and the accepted keep their latency. The
@@ -19,16 +20,27 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None) -> type:
+# Most bytes of request line and headers; more is a 431 (nginx allows 8-32 kB, Node 16 kB).
+MAX_HEADER_BYTES = 64 * 1024
+_TOO_LARGE = json.dumps({"error": f"request headers over {MAX_HEADER_BYTES:,} bytes", "status": 431}).encode()
+HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                     b"connection: close\r\ncontent-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n\r\n"
+                     + _TOO_LARGE)
+
+
+def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None,
+                             max_header_bytes: int = MAX_HEADER_BYTES) -> type:
     """An :class:`HttpToolsProtocol` that closes a connection whose request headers take over ``header_timeout_s``.
 
     The clock starts when the connection opens, or when the first byte of the next
     request on a keep-alive connection arrives; it stops when the headers are complete.
-    With ``gate``, a request it would turn away is answered 503 right here.
+    Headers over ``max_header_bytes`` get a 431 and the connection closed. With
+    ``gate``, a request it would turn away is answered 503 right here.
     """
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer = None
+        _header_bytes = 0
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -38,6 +50,12 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
             if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # the first bytes of a new request on a kept-alive connection
             super().data_received(data)
+            if self._header_timer is not None and not self.transport.is_closing():
+                self._header_bytes += len(data)  # still no complete headers: all of it was header bytes
+                if self._header_bytes > max_header_bytes:
+                    self._disarm()
+                    self.transport.write(HEADERS_TOO_LARGE)
+                    self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._disarm()
@@ -55,6 +73,7 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:
+            self._header_bytes = 0
             self._header_timer = self.loop.call_later(header_timeout_s, self._expired)
 
         def _disarm(self) -> None:

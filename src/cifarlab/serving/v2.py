@@ -92,6 +92,7 @@ def add_routes(app: FastAPI, svc: Service) -> None:
             raise ApiError(400, f"'inputs' must be a list of one tensor ('{PIXELS}' or '{IMAGES}')")
         binary_out = wants_binary(req)
         tensor = read_tensor(inputs[0], binary)
+        inputs[0].pop("data", None)  # the JSON lists are converted: not kept while the model works
         if isinstance(tensor, np.ndarray):
             rows = await asyncio.gather(*(svc.probabilities(x) for x in tensor))
         else:
