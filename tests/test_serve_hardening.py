@@ -152,6 +152,38 @@ def test_big_photo_decodes_at_draft_scale(server, seed_run, images, tmp_path):
     assert [t["class"] for t in r.json()["top"]] == [c for c, _ in local.top]
 
 
+def test_one_decoder_with_limits_as_parameters(tmp_path):
+    """Training folders, predict and serve share to_array; only the limits differ."""
+    from cifarlab.data.images import ImageTooLargeError, NotAnImageError, to_array
+    from cifarlab.errors import CifarlabError
+
+    big = encode(Image.new("RGB", (2100, 2100), (9, 9, 9)), "PNG")
+    assert to_array(big).shape == (32, 32, 3)  # local files: up to 40 megapixels
+    with pytest.raises(ImageTooLargeError, match="4,000,000"):
+        to_array(big, max_pixels=4_000_000)  # the service's cap
+    with pytest.raises(NotAnImageError, match=r"accepted format \(JPEG\)"):
+        to_array(encode(Image.new("RGB", (8, 8)), "PNG"), formats=("JPEG",))
+    # a GIF saved as .png in a training folder: refused there too, in one line naming the file
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / cls / "ok.png")
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "sneaky.png", format="GIF")
+    from cifarlab.data.folders import read_folder
+
+    with pytest.raises(CifarlabError, match="sneaky.png: not an image file of an accepted format"):
+        read_folder(root, None)
+    # 16-bit greyscale, rescaled in integers to exactly what the float64 formula gave
+    from cifarlab.data.images import _to_rgb
+
+    ramp = np.array([[0, 1, 128, 129, 257, 32767, 32768, 65534, 65535]], np.uint16)
+    want = np.clip(ramp / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    im = Image.open(io.BytesIO(encode(Image.fromarray(ramp), "PNG")))
+    assert im.mode.startswith("I;16")
+    np.testing.assert_array_equal(np.asarray(_to_rgb(im))[0, :, 0], want[0])
+
+
 # ---- the Open Inference Protocol, with the real client ---------------------------------------------
 
 def test_v2_with_tritonclient(server, seed_run, images, expected):

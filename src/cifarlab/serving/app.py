@@ -14,8 +14,9 @@ image over the per-image pixel cap (refused from the header, before any pixel is
 allocated) or a Host header not allowed, 408 for a body that does not arrive in time,
 413 for a body over the size limit or images over the per-request pixel budget, 415
 for bytes that are not a PNG, JPEG, BMP or WebP image, 405 for a wrong method, 422 for
-a bad query parameter, 503 with ``Retry-After`` when the service is overloaded, 500
-when the model fails on that request's image. A bad request never stops the service.
+a bad query parameter, 431 for headers over 64 kB, 503 with ``Retry-After`` when the
+service is overloaded, 500 when the model fails on that request's image. A bad request
+never stops the service.
 """
 
 from __future__ import annotations
