@@ -380,6 +380,22 @@ def test_connections_over_the_limit_get_503(strict):
         pytest.fail("connections did not come back after the idle ones closed")
 
 
+def test_open_files_limit_is_raised_for_the_connection_limit():
+    """--max-connections 2048 under a soft limit of 1024 descriptors would fail accept() (EMFILE) long before."""
+    import resource
+
+    from cifarlab.serving.app import _raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+        _raise_open_files_limit(2048 + 256)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (2304 if hard == resource.RLIM_INFINITY
+                                                                else min(2304, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ---- overload, model errors and shutdown, with stub models (uvicorn in this process) ------------------
 
 def _stub(fn):

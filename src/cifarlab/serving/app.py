@@ -478,6 +478,15 @@ HEADER_TIMEOUT_S = 10.0
 DRAIN_S = 10
 
 
+def _raise_open_files_limit(want: int) -> None:
+    """Let the process hold ``want`` descriptors if the hard limit allows (soft limits of 1024 are common)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def serve(model_or_run: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           max_connections: int = MAX_CONNECTIONS, header_timeout_s: float = HEADER_TIMEOUT_S,
           announce=print) -> None:
@@ -509,6 +518,7 @@ def serve(model_or_run: str | os.PathLike, host: str = "127.0.0.1", port: int = 
         sock.close()
         raise
     app = create_app(served, limits)
+    _raise_open_files_limit(max_connections + 256)
     sock.listen(2048)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048,
