@@ -242,9 +242,9 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, 
     in-flight limit, so that its admission control, not this client, decides what is
     turned away); a request waits in this client for a free one when all are busy.
     Latency runs from the request's scheduled time, so that wait counts against the
-    server too (``*_from_send_ms``: from the moment it was written, the server's part). A kept-alive connection the server closed while idle is reopened and the
-    request sent again (``stale_retries``), as HTTP clients do; every other failure is
-    status -1.
+    server too (``*_from_send_ms``: from the moment it was written, the server's part).
+    A kept-alive connection the server closed while idle is reopened and the request
+    sent again (``stale_retries``), as HTTP clients do; every other failure is status -1.
     """
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     requests = [(f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
@@ -414,7 +414,8 @@ def hardening(bodies: list[bytes], hint: float, args, workdir: Path) -> dict:
                         rss_last_mib=samples[-1], rss_range_mib=round(max(samples) - min(samples), 1),
                         rss_samples_every_s=5)
             out["soak"] = soak
-            print(f"soak {args.soak_seconds} s at {capacity / 2:.0f}/s: {soak['statuses']}, p99 {soak['ok_p99_ms']} ms, "
+            print(f"soak {args.soak_seconds} s at {capacity / 2:.0f}/s: {soak['statuses']}, "
+                  f"p99 {soak['ok_p99_ms']} ms, "
                   f"RSS {min(samples)}-{max(samples)} MiB", flush=True)
         assert server.alive()
     finally:
@@ -431,8 +432,9 @@ def hostile(server, model_name: str, bodies: list[bytes]) -> dict:
 
     pixels = np.stack([to_array(b) for b in bodies[:1]])
     cases = [(w, "post", "/predict", {"data": d}, st) for w, d, st in hostile_images()]
-    cases += [(w, kw.get("method", "post"), kw.get("path", f"/v2/models/{model_name}/infer"),
-               {k: v for k, v in kw.items() if k not in ("method", "path")}, st) for w, kw, st in hostile_v2(model_name)]
+    for what, kw, status in hostile_v2(model_name):
+        rest = {k: v for k, v in kw.items() if k not in ("method", "path")}
+        cases.append((what, kw.get("method", "post"), kw.get("path", f"/v2/models/{model_name}/infer"), rest, status))
     cases += _bad_requests(pixels)
     seen, wrong = {}, []
     for what, method, path, kw, status in cases:

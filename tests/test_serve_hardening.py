@@ -451,7 +451,8 @@ def test_a_model_error_fails_only_its_own_request():
 
     with InProcessServer(create_app(_stub(picky), max_wait_s=0.02)) as srv:
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda v: _post(srv.url + "/predict", _png(v)), [13, 50, 100, 150, 200, 13, 250, 7]))
+            values = [13, 50, 100, 150, 200, 13, 250, 7]
+            answers = list(pool.map(lambda v: _post(srv.url + "/predict", _png(v)), values))
         codes = [r.status_code for r in answers]
         assert codes == [500, 200, 200, 200, 200, 500, 200, 200], codes
         assert "cannot digest 13" in answers[0].json()["error"]

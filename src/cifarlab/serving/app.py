@@ -490,7 +490,9 @@ def _raise_open_files_limit(want: int) -> None:
 def serve(model_or_run: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           max_connections: int = MAX_CONNECTIONS, header_timeout_s: float = HEADER_TIMEOUT_S,
           announce=print) -> None:
-    """Load the model and serve it until interrupted (SIGINT/SIGTERM drain in-flight requests). ``port=0`` picks a free port.
+    """Load the model and serve it until interrupted; ``port=0`` picks a free port.
+
+    SIGINT or SIGTERM stops accepting and drains the requests in progress (up to ``DRAIN_S``).
 
     The socket is bound before the server starts, so a busy port is a one-line
     :class:`CifarlabError`, and the real address is announced once requests can be

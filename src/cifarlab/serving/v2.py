@@ -60,7 +60,8 @@ def add_routes(app: FastAPI, svc: Service) -> None:
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready", responses=ERRORS, summary="V2: the server is ready for inference (503 while starting or draining)")
+    @app.get("/v2/health/ready", responses=ERRORS,
+             summary="V2: the server is ready for inference (503 while starting or draining)")
     async def ready():
         return JSONResponse({"ready": svc.ready}, status_code=200 if svc.ready else 503)
 
@@ -80,7 +81,8 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         check(model, version)
         return JSONResponse({"name": served.name, "ready": svc.ready}, status_code=200 if svc.ready else 503)
 
-    @app.post("/v2/models/{model}/infer", responses=ERRORS, summary="V2: probabilities for UINT8 pixels or encoded image files",
+    @app.post("/v2/models/{model}/infer", responses=ERRORS,
+              summary="V2: probabilities for UINT8 pixels or encoded image files",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"type": "object", "required": ["inputs"]}}}}})
     @app.post("/v2/models/{model}/versions/{version}/infer", include_in_schema=False)
