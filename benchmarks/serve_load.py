@@ -22,7 +22,8 @@ by the closed-loop run just before, in the same run on the same (shared) cores:
 - overload: open-loop arrivals at 3 x C for ``--overload-seconds`` (30): accepted
   requests p99 <= 250 ms (from their scheduled time, so client-side delay counts), the
   rest 503 (p99 <= 250 ms too), no other status or error, server RSS growth <= 100 MB,
-  and RSS back within 100 MB of idle after ``--recovery-seconds`` (15) of quiet;
+  and RSS back within 20 MB of idle (measured after a warm-up at full batches) after
+  ``--recovery-seconds`` (15) of quiet;
 - slowloris: 500 connections that send one header line a second (reconnecting when cut)
   while open-loop clients at C / 2 keep p99 <= 250 ms with 0 errors;
 - soak: open-loop at C / 2 for ``--soak-seconds`` (600): RSS range <= 50 MB, 0 errors.
@@ -192,7 +193,7 @@ def bench_model(name: str, args, bodies: list[bytes], workdir: Path) -> dict:
 # ---- hardening scenarios: open-loop load, slowloris, soak --------------------------------------------
 
 HARD_TARGETS = {"overload_factor": 3, "accepted_p99_ms": 250, "rejected_p99_ms": 250, "other_errors": 0,
-                "rss_growth_mb": 100, "rss_back_within_mb": 100, "slowloris_connections": 500,
+                "rss_growth_mb": 100, "rss_back_within_mb": 20, "slowloris_connections": 500,
                 "slowloris_p99_ms": 250, "soak_rss_range_mb": 50, "soak_errors": 0}
 
 
@@ -374,7 +375,9 @@ def hardening(bodies: list[bytes], hint: float, args, workdir: Path) -> dict:
     server = Server(path, log=workdir / "hardening-server.log")
     try:
         pid = server.proc.pid
-        uvloop.run(load(server.url, bodies, 1000, 32))  # warm-up
+        # warm-up at concurrency 128: batches reach --max-batch (64), so the idle RSS below already
+        # holds what TensorFlow keeps for the largest batch, and what stays after the overload is growth
+        uvloop.run(load(server.url, bodies, 3000, 128))
         cap = uvloop.run(load(server.url, bodies, max(2000, int(hint * args.capacity_seconds)), 32))
         capacity = cap["requests_per_s"]
         out = {"capacity_per_s": capacity, "capacity_run": cap}
@@ -453,7 +456,7 @@ def hardening_verdict(h: dict) -> dict:
     v["overload: 503 p99 <= 250 ms"] = o["rejected_p99_ms"] is None or o["rejected_p99_ms"] <= t["rejected_p99_ms"]
     v["overload: 0 other errors"] = o["other"] == 0
     v["overload: RSS growth <= 100 MB"] = o["rss_growth_mib"] <= t["rss_growth_mb"]
-    v["overload: RSS back to idle (+100 MB)"] = o["rss_after_mib"] - o["rss_idle_mib"] <= t["rss_back_within_mb"]
+    v["overload: RSS back to idle (within 20 MB)"] = o["rss_after_mib"] - o["rss_idle_mib"] <= t["rss_back_within_mb"]
     c = h["slowloris"]["clients"]
     v["slowloris: p99 <= 250 ms, 0 errors"] = (c["ok_p99_ms"] is not None and c["ok_p99_ms"] <= t["slowloris_p99_ms"]
                                                and set(c["statuses"]) == {"200"})

@@ -352,6 +352,24 @@ def test_endless_headers_get_431(strict):
     c.close()
 
 
+def test_rest_of_a_refused_upload_is_not_taken_for_headers(server):
+    """A 413 goes out at once from Content-Length; the 11 MB that follow are body, not a new request's headers."""
+    c = _connect(server.url)
+    big = 11 * 1024 * 1024
+    c.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % big)
+    c.settimeout(10)
+    answer = c.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    c.sendall(b"\0" * big)
+    c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    while answer.count(b"HTTP/1.1 ") < 2:
+        more = c.recv(4096)
+        assert more, f"connection closed after {answer[:300]!r}"
+        answer += more
+    assert answer.split(b"HTTP/1.1 ")[2].startswith(b"200"), answer[:400]
+    c.close()
+
+
 def test_slow_body_gets_408(strict):
     c = _connect(strict.url)
     c.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n" + b"\0" * 10)

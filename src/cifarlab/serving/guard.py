@@ -41,14 +41,17 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer = None
         _header_bytes = 0
+        _between = True  # no request message under way: the next byte starts one
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm()  # the first bytes of a new request on a kept-alive connection
+            if self._header_timer is None and self._between:
+                # the first bytes of a new request on a kept-alive connection (not the rest of the
+                # body of one already answered, say a 413 to an upload still arriving)
+                self._arm()
             super().data_received(data)
             if self._header_timer is not None and not self.transport.is_closing():
                 self._header_bytes += len(data)  # still no complete headers: all of it was header bytes
@@ -59,6 +62,7 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._between = False
             if gate is not None and gate.full(self.url.split(b"?", 1)[0].decode("latin-1")):
                 app, self.app = self.app, gate.busy
                 try:
@@ -67,6 +71,10 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
                     self.app = app
             else:
                 super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._between = True
+            super().on_message_complete()
 
         def connection_lost(self, exc) -> None:
             self._disarm()
