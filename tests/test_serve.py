@@ -41,7 +41,9 @@ def test_images(shared_archive):
 
 @pytest.fixture(scope="module")
 def server(seed_run, tmp_path_factory):
-    s = Server(seed_run.run_dir, log=tmp_path_factory.mktemp("serve") / "server.log")
+    # a generous queue deadline: these tests are about answers, and a busy 2-core machine can
+    # stall the model thread longer than the default 250 ms (the benchmark measures the defaults)
+    s = Server(seed_run.run_dir, "--queue-timeout-ms", "10000", log=tmp_path_factory.mktemp("serve") / "server.log")
     yield s
     s.stop()
 
@@ -282,7 +284,8 @@ def test_upload_limit_is_configurable(seed_run, test_images):
     from cifarlab.serving.app import create_app, load_served_model
 
     good = png_bytes(test_images[0])
-    with InProcessServer(create_app(load_served_model(seed_run.run_dir), max_bytes=len(good))) as server:
+    app = create_app(load_served_model(seed_run.run_dir), max_bytes=len(good), queue_timeout_s=10)
+    with InProcessServer(app) as server:
         assert server.session.post(server.url + "/predict", data=good).status_code == 200
         r = server.session.post(server.url + "/predict", data=good + b"\0")
         assert r.status_code == 413 and f"{len(good):,}" in r.json()["error"]

@@ -71,7 +71,7 @@ def images(shared_archive):
 
 @pytest.fixture(scope="module")
 def server(seed_run, tmp_path_factory):
-    s = Server(seed_run.run_dir, log=tmp_path_factory.mktemp("harden") / "server.log")
+    s = Server(seed_run.run_dir, "--queue-timeout-ms", "10000", log=tmp_path_factory.mktemp("harden") / "server.log")
     yield s
     s.stop()
 
@@ -80,6 +80,7 @@ def server(seed_run, tmp_path_factory):
 def strict(seed_run, tmp_path_factory):
     """A second real server with short timeouts, few connections and its own allowed host names."""
     s = Server(seed_run.run_dir, "--header-timeout", "1", "--body-timeout", "1", "--max-connections", "6",
+               "--queue-timeout-ms", "10000",
                "--allowed-hosts", "127.0.0.1,example.test", log=tmp_path_factory.mktemp("strict") / "server.log")
     yield s
     s.stop()
@@ -467,7 +468,7 @@ def test_a_model_error_fails_only_its_own_request():
             raise RuntimeError("cannot digest 13")
         return _probs(x)
 
-    with InProcessServer(create_app(_stub(picky), max_wait_s=0.02)) as srv:
+    with InProcessServer(create_app(_stub(picky), max_wait_s=0.02, queue_timeout_s=30)) as srv:
         with ThreadPoolExecutor(8) as pool:
             values = [13, 50, 100, 150, 200, 13, 250, 7]
             answers = list(pool.map(lambda v: _post(srv.url + "/predict", _png(v)), values))

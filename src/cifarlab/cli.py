@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prediction requests in progress at once; past that 503 + Retry-After (default 128)")
     p.add_argument("--max-queue", type=int, default=512, metavar="N",
                    help="images waiting for the model; past that, or after --queue-timeout-ms, 503 (default 512)")
-    p.add_argument("--queue-timeout-ms", type=float, default=100.0, metavar="MS",
-                   help="longest an image waits for the model before it is turned away with 503 (default 100)")
+    p.add_argument("--queue-timeout-ms", type=float, default=250.0, metavar="MS",
+                   help="longest an image waits for the model before it is turned away with 503 (default 250)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a client has to send a request's headers (default 10)")
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
