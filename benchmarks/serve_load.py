@@ -131,7 +131,7 @@ def cpu_seconds(pid: int) -> float:
 def baselines(model, bodies: list[bytes], n_single: int = 2000, n_batch: int = 10_000) -> dict:
     """In-process: single-image calls (decode + compiled model call) and batch prediction from arrays."""
     from cifarlab.data.images import to_array
-    from cifarlab.serving.predict import compiled_predictor, predict_arrays
+    from cifarlab.inference.predict import compiled_predictor, predict_arrays
 
     fn = compiled_predictor(model)
     for b in bodies[:50]:

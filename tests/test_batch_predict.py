@@ -47,7 +47,7 @@ def image_tree(shared_archive, tmp_path_factory):
 
 def test_predict_folder_to_csv(seed_run, image_tree, tmp_path):
     from cifarlab.models.io import load_model
-    from cifarlab.serving.predict import predict_arrays
+    from cifarlab.inference.predict import predict_arrays
 
     root, arrays = image_tree
     out = tmp_path / "predictions.csv"

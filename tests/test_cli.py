@@ -84,10 +84,10 @@ def test_train_evaluate_predict_end_to_end(shared_archive, tmp_path):
     assert p.stdout.startswith(f"{tmp_path / 'cat.png'}: {top_png[0]['class']} ")
 
 
-def test_same_seed_same_results(tmp_path, shared_archive):
+def test_same_seed_same_results(tmp_path, small_archive):
     outs = []
     for i in range(2):
-        cifarlab("train", "--data", shared_archive, "--recipe", "seed", "--limit", 600, "--epochs", 2, "--seed", 7,
+        cifarlab("train", "--data", small_archive, "--recipe", "seed", "--limit", 600, "--epochs", 2, "--seed", 7,
                  "--out", tmp_path / f"r{i}", "--quiet", "--no-report")
         outs.append(tmp_path / f"r{i}")
     h0, h1 = (pd.read_csv(o / "history.csv").drop(columns="seconds") for o in outs)

@@ -21,7 +21,7 @@ def main(capsys, *args):
 def check_data(shared_archive, seed_run):
     from cifarlab.data import read_arrays
     from cifarlab.models.io import load_model
-    from cifarlab.serving.predict import predict_arrays
+    from cifarlab.inference.predict import predict_arrays
 
     x = read_arrays(shared_archive).x_test[:1000]
     model, _ = load_model(seed_run.run_dir)

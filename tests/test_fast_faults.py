@@ -7,7 +7,6 @@ import resource
 import shutil
 import signal
 import subprocess
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -72,10 +71,10 @@ class StopAfter:
 
 
 @pytest.fixture(scope="module")
-def data(shared_archive):
+def data(small_archive):
     from cifarlab.data import load_dataset
 
-    return load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
+    return load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)  # 500 test images
 
 
 def make_trainer(data):
@@ -84,7 +83,7 @@ def make_trainer(data):
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.fast import FastTrainer
 
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    recipe = get_recipe("quick").with_overrides(batch_size=128, whiten_init_images=256)  # 4 steps per epoch
     keras.utils.set_random_seed(0)
     return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
 

@@ -27,9 +27,9 @@ def quiet_env() -> dict:
 
 
 def small(archive, out, epochs=3, every=5) -> list[str]:
-    # 1,000 images: 900 to train on, 29 steps of 32 per epoch.
+    # 1,000 images: 900 to train on, 29 steps of 32 per epoch. No report: these tests are about checkpoints.
     return ["--recipe", "seed", "--data", str(archive), "--limit", "1000", "--epochs", str(epochs), "--seed", "0",
-            "--out", str(out), "--checkpoint-every", str(every), "--quiet"]
+            "--out", str(out), "--checkpoint-every", str(every), "--no-report", "--quiet"]
 
 
 def state(out):
@@ -59,9 +59,9 @@ def assert_complete(out, epochs):
     return history
 
 
-def test_kill_9_mid_epoch_then_the_same_command_resumes(shared_archive, tmp_path):
+def test_kill_9_mid_epoch_then_the_same_command_resumes(small_archive, tmp_path):
     out = tmp_path / "run"
-    cmd = cli("train", *small(shared_archive, out, epochs=2))
+    cmd = cli("train", *small(small_archive, out, epochs=2))
     proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     saved = wait_for(proc, out, lambda s: s["epoch"] >= 1 and s["step"] > 0, "a mid-epoch checkpoint in epoch 2")
     proc.kill()  # SIGKILL: no handler, no clean-up
@@ -90,9 +90,9 @@ def sigterm_after_first_epoch(cmd: list[str], out) -> None:
     assert last.startswith("cifarlab: stopped by SIGTERM") and f"run the same command with --out {out}" in last
 
 
-def test_sigterm_checkpoints_and_exits_143(shared_archive, tmp_path):
+def test_sigterm_checkpoints_and_exits_143(small_archive, tmp_path):
     out = tmp_path / "run"
-    sigterm_after_first_epoch(cli("train", *small(shared_archive, out, every=0)), out)
+    sigterm_after_first_epoch(cli("train", *small(small_archive, out, every=0)), out)
     s = state(out)
     assert s["step"] > 0 or s["epoch"] >= 2  # saved at the step it stopped, after the epoch checkpoint
     # Resumable: the directory is claimed for resuming by the same settings, refused with others.
@@ -119,7 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_archive
     import numpy as np
 
     from cifarlab.registry import RECIPES, register_recipe
-    from cifarlab.training.recipes import Recipe
+    from cifarlab.recipes import Recipe
     from cifarlab.training.train import train
 
     # Plain SGD with a learning rate of 9 diverges within a few steps (Adam's normalised
@@ -143,7 +143,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_archive
     assert weights and all(np.isfinite(w).all() for w in weights)
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path, monkeypatch):
+def test_failed_checkpoint_write_keeps_the_previous_one(small_archive, tmp_path, monkeypatch):
     from cifarlab.training.train import train
 
     out = tmp_path / "run"
@@ -157,8 +157,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
         real(data, target)
 
     monkeypatch.setattr(checkpoint, "_write_bytes", disk_full_on_second_write)
-    args = dict(recipe="seed", data=str(shared_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
-                checkpoint_every=0)
+    args = dict(recipe="seed", data=str(small_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
+                checkpoint_every=0, report=False)
     with pytest.raises(CifarlabError) as e:
         train(**args)
     message = str(e.value)
@@ -173,11 +173,11 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     assert_complete(out, 2)
 
 
-def test_worker_death_stops_the_others_and_the_rerun_resumes(shared_archive, tmp_path):
+def test_worker_death_stops_the_others_and_the_rerun_resumes(small_archive, tmp_path):
     import psutil
 
     out = tmp_path / "run"
-    cmd = cli("launch", "--workers", "2", "--", "train", *small(shared_archive, out, epochs=1))
+    cmd = cli("launch", "--workers", "2", "--", "train", *small(small_archive, out, epochs=1))
     launcher = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(launcher, out, lambda s: s["step"] > 0, "the first mid-epoch checkpoint")
     workers = psutil.Process(launcher.pid).children()
@@ -206,7 +206,7 @@ def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(smal
     args = small(small_archive, out, epochs=2, every=3)
     args[args.index("seed")] = recipe
     if recipe == "quick":
-        args += ["--batch-size", "64", "--no-report"]
+        args += ["--batch-size", "64"]
     cmd = cli("launch", "--workers", "2", "--", "train", *args)
     for signum, code, ready in ((signal.SIGTERM, 143, lambda s: s["step"] > 0),
                                 (signal.SIGINT, 130, lambda s: s["epoch"] >= 1)):

@@ -52,7 +52,7 @@ def server(seed_run, tmp_path_factory):
 def expected(seed_run, test_images):
     """What the Python API says about the test images: probabilities (N, K)."""
     from cifarlab.models.io import load_model
-    from cifarlab.serving.predict import predict_arrays
+    from cifarlab.inference.predict import predict_arrays
 
     model, meta = load_model(seed_run.run_dir)
     return predict_arrays(model, test_images), meta["class_names"]

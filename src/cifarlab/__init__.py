@@ -34,7 +34,7 @@ _LAZY = {
     "evaluate": "cifarlab.evaluation.evaluate",
     "load_model": "cifarlab.models.io",
     "predict": "cifarlab.serving.predict",
-    "predict_arrays": "cifarlab.serving.predict",
+    "predict_arrays": "cifarlab.inference.predict",
     "dataset_info": "cifarlab.data.info",
     "build_report": "cifarlab.evaluation.report",
 }

@@ -206,14 +206,14 @@ def load_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
                                 f"was evaluated on ({len(y_saved):,}); pass the run's data with --data")
         y_test = y_saved
     else:
-        from cifarlab.serving.predict import predict_arrays
+        from cifarlab.inference.predict import predict_arrays
 
         probs = predict_arrays(model, x_test)
     return RunData(run_dir, config, metrics, history, model, y_test, probs, x_test if images else None)
 
 
 def _test_images(run_dir: Path, config: dict, data, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
-    from cifarlab.evaluation.evaluate import run_test_set
+    from cifarlab.inference.testset import run_test_set
 
     ds = run_test_set(run_dir, config.get("data") or {}, data, quiet)
     return ds.x_test, ds.y_test
@@ -283,15 +283,22 @@ def _param_count(model) -> str:
         return "?"
 
 
+def _recipe_options(config: dict) -> dict:
+    """The recipe's per-trainer options from a run's config.json (runs before the split kept them flat)."""
+    r = config.get("recipe") or {}
+    return r.get("options") or r
+
+
 def summary_rows(run: RunData, ece: float) -> tuple[list, list]:
     """(configuration rows, final-metric rows) as (label, value) string pairs."""
     c, m = run.config, run.metrics
     r, d, env = c.get("recipe") or {}, c.get("data") or {}, c.get("environment") or {}
     req = c.get("request") or {}
     epochs_asked = r.get("epochs")
-    stop = (f", early stopping on {r.get('monitor')} (patience {r['early_stopping_patience']}"
-            f"{', best weights restored' if r.get('restore_best_weights') else ''})"
-            if r.get("early_stopping_patience") is not None else "")
+    o = _recipe_options(c)
+    stop = (f", early stopping on {o.get('monitor')} (patience {o['early_stopping_patience']}"
+            f"{', best weights restored' if o.get('restore_best_weights') else ''})"
+            if o.get("early_stopping_patience") is not None else "")
     cfg = [
         ("model", f"{c.get('model', '?')} ({_param_count(run.model)} parameters)"),
         ("recipe", f"{r.get('name', '?')}: {r.get('optimizer', '?')}, learning rate {r.get('learning_rate', '?')}, "
@@ -505,7 +512,7 @@ def render(run: RunData, other: RunData | None = None) -> str:
         run=run, version=__version__, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         cfg_rows=cfg_rows, final_rows=final_rows,
         best=best, best_row=best_row, epochs=len(h),
-        restored=bool((run.config.get("recipe") or {}).get("restore_best_weights")),
+        restored=bool(_recipe_options(run.config).get("restore_best_weights")),
         acc_curve=figure_uri(lambda p: plots.plot_curves(h, "accuracy", p, best)),
         loss_curve=figure_uri(lambda p: plots.plot_curves(h, "loss", p, best)),
         classes=per_class_rows(m),

@@ -42,13 +42,13 @@ CHECK_BATCH = 100
 def check_images(model_path: Path, data: str | os.PathLike | None, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
     """The first ``n`` test images ``(n, 32, 32, 3)`` uint8 and where they came from.
 
-    The same test set ``cifarlab evaluate`` uses (:func:`cifarlab.evaluation.evaluate.run_test_set`):
+    The same test set ``cifarlab evaluate`` uses (:func:`cifarlab.inference.testset.run_test_set`):
     ``data``, else ``CIFARLAB_DATA``, else the data source of the run the model is in. A bare model
     file with neither is refused rather than checked on a download.
     """
     import json
 
-    from cifarlab.evaluation.evaluate import run_test_set
+    from cifarlab.inference.testset import run_test_set
 
     run_dir = model_path if model_path.is_dir() else model_path.parent
     config_data = None

@@ -15,6 +15,7 @@ import numpy as np
 from cifarlab.data.images import is_image_file, to_array
 from cifarlab.errors import CifarlabError
 from cifarlab.fileio import atomic_path
+from cifarlab.inference.predict import compiled_predictor, predict_arrays
 
 # Images per model call for file prediction: large enough that the model runs at
 # full speed, small enough that a batch of decoded images is ~3 MB.
@@ -36,14 +37,6 @@ class Prediction:
         return d
 
 
-def predict_arrays(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Probabilities ``(N, K)`` float32 for uint8 or float pixels ``(N, 32, 32, 3)`` in 0-255."""
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[None]
-    return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0), dtype=np.float32)
-
-
 def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[tuple[str, float]]:
     order = np.argsort(probs)[::-1][:k]
     return [(class_names[i], float(probs[i])) for i in order]
@@ -62,26 +55,6 @@ def predict(model, files: list[str | os.PathLike], top: int = 3) -> list[Predict
     x = np.stack([to_array(Path(f)) for f in files])
     probs = predict_arrays(model, x)
     return [Prediction(str(f), top_k(p, meta["class_names"], top)) for f, p in zip(files, probs)]
-
-
-def compiled_predictor(model):
-    """A fast callable ``(N, 32, 32, 3) uint8 -> (N, K) float32`` probabilities for repeated small calls.
-
-    ``model.predict`` sets up a data pipeline on every call (milliseconds); the
-    HTTP service calls the model hundreds of times a second on a few images, so it
-    uses one traced ``tf.function`` with a free batch dimension instead (traced
-    once, here, not on the first request).
-    """
-    import tensorflow as tf
-
-    shape = [None, *model.input_shape[1:]]
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(fn(np.asarray(x, dtype=np.float32)), dtype=np.float32)
-
-    run(np.zeros([1, *shape[1:]], np.float32))
-    return run
 
 
 def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -1,1 +1,1 @@
-"""Training: recipes, numeric precision and the training loop."""
+"""Training: the training loops (Keras fit, the fast loop), numeric precision, checkpoints, the run writer."""

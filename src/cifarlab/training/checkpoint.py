@@ -225,10 +225,9 @@ def _checkpoint_bytes(model, state: dict, arrays: dict[str, np.ndarray] | None) 
     error, and at exit a crash (SIGSEGV) when it retries flushing the file it could not close.
     """
     import h5py
-    from keras.src.saving import saving_lib
 
     buf = _NamedBuffer()
-    saving_lib.save_weights_only(model, buf)
+    model.save_weights(buf)  # Keras writes to any file object whose name ends in .weights.h5
     with h5py.File(buf, "a") as f:
         f.attrs[STATE_ATTR] = json.dumps(state)
         for name, value in (arrays or {}).items():
@@ -323,6 +322,14 @@ class Checkpointer(keras.callbacks.Callback):
             write(self.run_dir, self.model, state, previous=self.last_saved)
         self.last_saved = state
 
+    def initial_epoch(self, epochs: int) -> int:
+        """``fit(initial_epoch=...)`` for a run of ``epochs``: 0 afresh, else the epoch after the checkpoint's
+        last (``epochs`` if early stopping had ended it: nothing more to train)."""
+        state = read_state(self.run_dir)
+        if state is None:
+            return 0
+        return epochs if state.get("stopped_early") else state["epoch"]
+
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         state = read_state(self.run_dir)
@@ -342,9 +349,6 @@ class Checkpointer(keras.callbacks.Callback):
         if es is not None and saved_es:
             es.wait, es.best_epoch, es.stopped_epoch = saved_es["wait"], saved_es["best_epoch"], saved_es["stopped_epoch"]
             es.best = saved_es["best"]
-        # fit() reads this after on_train_begin: the first epoch it runs.
-        epochs = self.params.get("epochs", 0)
-        model._initial_epoch = epochs if self._stopped_early else self.epochs_done
         self.resumed_from = self.last_saved = state
         if self.writes:
             resuming_notice(state)

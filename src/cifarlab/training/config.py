@@ -52,9 +52,6 @@ def resolve(cfg: TrainConfig):
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.precision import CHOICES
 
-    recipe = get_recipe(cfg.recipe).with_overrides(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, precision=cfg.precision)
-    spec = get_model(cfg.model or recipe.model)
     for name in ("epochs", "batch_size", "limit"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
@@ -63,6 +60,9 @@ def resolve(cfg: TrainConfig):
         raise CifarlabError(f"--lr must be a positive learning rate below 10, not {cfg.lr!r}")
     if not 0 < cfg.val_fraction < 1:
         raise CifarlabError(f"validation fraction must be between 0 and 1, not {cfg.val_fraction!r}")
-    if recipe.precision not in CHOICES:
-        raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {recipe.precision!r}")
+    if cfg.precision is not None and cfg.precision not in CHOICES:
+        raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {cfg.precision!r}")
+    recipe = get_recipe(cfg.recipe).with_overrides(  # checked again as a recipe (recipes.Recipe)
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, precision=cfg.precision)
+    spec = get_model(cfg.model or recipe.model)
     return recipe, spec

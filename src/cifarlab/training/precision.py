@@ -9,8 +9,7 @@ models here keep their softmax and the loss in float32.
 from __future__ import annotations
 
 from cifarlab.errors import CifarlabError
-
-CHOICES = ("auto", "bf16", "fp16", "fp32")
+from cifarlab.recipes import PRECISIONS as CHOICES
 POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
 
 

@@ -11,8 +11,8 @@ A run directory holds:
 - ``report.html``   the run's self-contained HTML report (unless ``report=False`` / ``--no-report``)
 - ``tensorboard/``  TensorBoard logs, with ``tensorboard=True`` / ``--tensorboard``
 
-Each file is written atomically; ``metrics.json`` is written last, so a run
-directory without it never looks complete. While training, ``checkpoint/`` holds the
+Every trainer ends in :func:`cifarlab.training.rundir.write_run`, which writes each file
+atomically and ``metrics.json`` last, so a run directory without it never looks complete. While training, ``checkpoint/`` holds the
 latest checkpoint (see ``training.checkpoint``): a run that is killed, interrupted or
 crashes keeps it, and the same command with the same ``--out`` resumes; a run that
 fails before its first checkpoint removes the directory it created.
@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,23 +32,13 @@ import keras
 import numpy as np
 
 from cifarlab.errors import CifarlabError
-from cifarlab.fileio import write_json, write_text
+from cifarlab.fileio import write_json
 from cifarlab.training.config import TrainConfig, resolve
+from cifarlab.training.rundir import Run, write_run
 
 __all__ = ["TrainConfig", "Run", "train"]
 
 RUNS_ROOT = "runs"
-
-
-@dataclass
-class Run:
-    """The result of :func:`train`: where it went and what it measured."""
-
-    run_dir: Path
-    model: object  # keras.Model
-    history: object  # pandas.DataFrame, one row per epoch
-    metrics: dict
-    config: dict = field(default_factory=dict)
 
 
 def default_run_dir(model: str, recipe: str) -> Path:
@@ -121,7 +111,6 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     import tensorflow as tf
 
     from cifarlab.evaluation.metrics import classification_metrics
-    from cifarlab.models.io import save_model
     from cifarlab.training import checkpoint, distribute
     from cifarlab.training import precision as prec
     from cifarlab.training.pipeline import batches
@@ -160,10 +149,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     callbacks = []
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
-    if recipe.early_stopping_patience is not None:
+    if recipe.options.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor, patience=recipe.early_stopping_patience,
-            restore_best_weights=recipe.restore_best_weights))
+            monitor=recipe.options.monitor, patience=recipe.options.early_stopping_patience,
+            restore_best_weights=recipe.options.restore_best_weights))
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
     ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
@@ -172,8 +161,9 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
     with stop:
-        model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)  # train_batches shuffles itself
+        model.fit(train_batches, epochs=recipe.epochs, initial_epoch=ckpt.initial_epoch(recipe.epochs),
+                  validation_data=val_batches, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
     history = ckpt.history_frame()  # every epoch, including those before a resume
@@ -185,38 +175,8 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     eval_seconds = time.perf_counter() - t0
     metrics = classification_metrics(data.y_test, probs, data.class_names)
     metrics.update(epochs=len(history), train_seconds=round(train_seconds, 2), eval_seconds=round(eval_seconds, 2),
-                   train_images_per_second=round(len(data.y_train) * ckpt.epochs_run_here / train_seconds, 1),
-                   val_accuracy=float(history["val_accuracy"].iloc[-1]), val_loss=float(history["val_loss"].iloc[-1]))
-
-    save_model(model, out / "model.keras", {
-        "class_names": data.class_names, "model": spec.name, "recipe": recipe.name, "dataset": data.name,
-        "precision": precision, "input": "float32 pixels 0-255, shape (batch, 32, 32, 3), RGB",
-        "test_accuracy": metrics["test_accuracy"],
-    })
-    write_text(out / "history.csv", history.to_csv(index=False))
-    write_run_plots(out, history, metrics, data.x_test, data.y_test, probs)
-    from cifarlab.evaluation.report import PREDICTIONS, save_predictions
-
-    save_predictions(out / PREDICTIONS, data.y_test, probs)  # for the report: the very probabilities measured
-    config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(out / "config.json", config)
-    write_json(out / "metrics.json", metrics)  # last: its presence marks a complete run
-    checkpoint.finish(out)
-    return Run(out, model, history, metrics, config)
-
-
-def write_run_plots(out: Path, history, metrics: dict, x_test, y_test, probs, n_grid: int = 32) -> None:
-    from cifarlab.evaluation import plots
-
-    best = int(history.loc[history["val_loss"].idxmin(), "epoch"]) if "val_loss" in history else None
-    plots.plot_curves(history, "accuracy", out / "accuracy.png", best)
-    plots.plot_curves(history, "loss", out / "loss.png", best)
-    plots.plot_confusion(metrics["confusion_matrix"], metrics["class_names"], out / "confusion.png",
-                         f"confusion matrix (test accuracy {metrics['test_accuracy']:.1%})")
-    pred = probs.argmax(axis=1)
-    idx = np.arange(min(n_grid, len(y_test)))
-    plots.plot_predictions(x_test[idx], y_test[idx], pred[idx], metrics["class_names"], out / "predictions.png",
-                           probs[idx, pred[idx]])
+                   train_images_per_second=round(len(data.y_train) * ckpt.epochs_run_here / train_seconds, 1))
+    return write_run(out, model, config, history, metrics, data.x_test, data.y_test, probs)
 
 
 def _optimizer(recipe):
