@@ -89,7 +89,7 @@ def strict(seed_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected(seed_run, images):
     from cifarlab.models.io import load_model
-    from cifarlab.serving.predict import predict_arrays
+    from cifarlab.inference.predict import predict_arrays
 
     model, meta = load_model(seed_run.run_dir)
     return predict_arrays(model, images), meta["class_names"]

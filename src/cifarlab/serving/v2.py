@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from cifarlab import __version__
-from cifarlab.serving.app import MAX_BATCH_FILES, ApiError, Service
+from cifarlab.serving.service import MAX_BATCH_FILES, ApiError, Service
 
 VERSION = "1"
 PIXELS, IMAGES, PROBS = "pixels", "images", "probabilities"
