@@ -489,7 +489,8 @@ def hardening_table(h: dict, verdict: dict) -> str:
     x = h["hostile"]
     rows.append(f"| hostile requests from the tests (bombs, truncations, wrong formats, huge dimensions, malformed "
                 f"multipart and V2 bodies, bad methods) | - | - | {x['statuses']} | - | - | - | - | - |")
-    notes = ["", f"Capacity C = {h['capacity_per_s']:.0f} requests/s: the closed-loop seed run above, same run. "
+    notes = ["", f"Capacity C = {h['capacity_per_s']:.0f} requests/s: a closed loop (concurrency 32) of "
+             f"{h['capacity_run']['seconds']} s on the same server just before, same run. "
              f"Slowloris: {a['opened']} connections opened, {a['cut_by_server']} cut by the server's header "
              "deadline (10 s). The load generator (open loop: latency from each request's scheduled time) shares "
              "the cores with the server; " + h.get("contention", ""),

@@ -358,6 +358,7 @@ def test_rest_of_a_refused_upload_is_not_taken_for_headers(server):
     c = _connect(server.url)
     big = 11 * 1024 * 1024
     c.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % big)
+    HOSTILE["http"] += 1
     c.settimeout(10)
     answer = c.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413")
