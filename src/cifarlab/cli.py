@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
+    p.add_argument("--exclude", metavar="FINDINGS[:KINDS]",
+                   help="train without the training images of `cifarlab audit`'s findings.csv (KINDS: comma-separated, "
+                        "of label, duplicate, leak, outlier, blank; default all)")
+    p.add_argument("--relabel", action="store_true", help="with --exclude: give label findings their suggested label "
+                                                          "instead of leaving them out")
     p.add_argument("--no-autotune", action="store_true",
                    help="use the default kernels instead of those measured fastest on this machine (cached in "
                         "~/.cache/cifarlab/autotune.json)")
@@ -135,10 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the one the run used)")
     p.add_argument("--json", action="store_true", help="print the check report as JSON")
 
+    p = sub.add_parser("audit", help="find mislabelled images, duplicates, train/test leaks and outliers in a dataset")
+    _data_args(p)
+    p.add_argument("--recipe", default="quick", metavar="NAME", help="fast-loop recipe each fold trains by (default quick)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
+    p.add_argument("--epochs", type=float, metavar="N", help="epochs per fold (default 5; fractions allowed)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the folds and the training (default 0)")
+    p.add_argument("--limit", type=int, metavar="N", help="audit only the first N training images (quick tries)")
+    p.add_argument("-o", "--out", default="audit", metavar="DIR",
+                   help="folder for findings.csv, audit.json, audit.html and folds/ (default audit); "
+                        "an interrupted audit's folder resumes it")
+    p.add_argument("--no-report", action="store_true", help="do not write audit.html")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
     p = sub.add_parser("launch", help="run a command as N local worker processes (multi-worker training)")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
                    help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("--shared-network", action="store_true",
+                   help="run the workers on this machine's network instead of a private one (their TensorFlow "
+                        "servers then listen on every interface, unauthenticated: only behind a firewall)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
     return parser
@@ -150,7 +172,7 @@ def _scale_args(p):
     DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
 
     p.add_argument("--strategy", default=None, choices=CHOICES,
-                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                   help="auto (default): several GPUs, else one device (never a TF_CONFIG cluster); "
                         "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster")
     p.add_argument("--devices", type=int, metavar="N",
                    help="local devices per worker: the first N GPUs, or N logical CPU devices without GPUs")
@@ -204,6 +226,10 @@ def cmd_train(args) -> int:
                                     "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
+    if args.exclude is not None:
+        cfg.exclude, cfg.relabel = args.exclude, args.relabel
+    elif args.relabel:
+        cfg.relabel = True  # resolve() explains that it needs --exclude
     if args.no_autotune:
         cfg.autotune = False
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
@@ -220,8 +246,9 @@ def cmd_train(args) -> int:
     if not m:  # a multi-worker run's other workers: the chief reports
         print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
         return 0
-    tta = f" ({m['tta_test_accuracy']:.4f} with test-time augmentation)" if "tta_test_accuracy" in m else ""
-    print(f"test accuracy {m['test_accuracy']:.4f}{tta}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
+    from cifarlab.evaluation.metrics import headline
+
+    print(f"test accuracy {headline(m)}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
     return 0
 
@@ -369,14 +396,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from cifarlab.audit.run import AuditConfig, audit
+
+    cfg = AuditConfig(data=args.data, dataset=args.dataset, coarse=args.coarse, recipe=args.recipe, folds=args.folds,
+                      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit, out=args.out,
+                      quiet=args.quiet, report=not args.no_report)
+    s = audit(cfg)
+    c, t = s["counts"], s["test"]
+    without = "" if t["accuracy_without_leaked"] is None else f", {t['accuracy_without_leaked']:.4f} without them"
+    print(f"{c['label']:,} label issues, {c['leak']:,} train/test leaks, {c['duplicate']:,} duplicates, "
+          f"{c['outlier']:,} outliers, {c['blank']:,} blank images; test accuracy {t['accuracy']:.4f} with "
+          f"{t['leaked_images']:,} leaked test images{without}; findings: {Path(args.out) / 'findings.csv'}")
+    return 0
+
+
 def cmd_launch(args) -> int:
     from cifarlab.launch import launch
 
-    return launch(args.workers, args.cmd, port=args.port)
+    return launch(args.workers, args.cmd, port=args.port, shared_network=args.shared_network)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
-            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch}
+            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit}
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
 NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}

@@ -15,7 +15,9 @@ Every trainer ends in :func:`cifarlab.training.rundir.write_run`, which writes e
 atomically and ``metrics.json`` last, so a run directory without it never looks complete. While training, ``checkpoint/`` holds the
 latest checkpoint (see ``training.checkpoint``): a run that is killed, interrupted or
 crashes keeps it, and the same command with the same ``--out`` resumes; a run that
-fails before its first checkpoint removes the directory it created.
+fails before its first checkpoint removes what it created (the directory, if it made it).
+``.cifarlab-run`` marks the folder as this program's (only such a folder is resumed) and
+``.cifarlab-run.lock`` is locked by the run in progress (a second run there is refused).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
     """
     from cifarlab.data import load_dataset
+    from cifarlab.data.findings import read_findings
     from cifarlab.training import autotune, checkpoint, distribute
     from cifarlab.training import precision as prec
 
@@ -75,20 +78,27 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     placement.check_batch(recipe.batch_size)
     checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
+    findings = read_findings(cfg.exclude, cfg.relabel) if cfg.exclude else None
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
-                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
-    out = Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name)
-    resuming = checkpoint.claim(out, asdict(cfg), chief=placement.is_chief)
+                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet, findings=findings)
+    if placement.kind == "multiworker" and not cfg.out:
+        raise CifarlabError("--strategy multiworker needs --out: every worker must name the same run directory")
+    claimed = checkpoint.claim(Path(cfg.out or default_run_dir(model_name, recipe.name)), asdict(cfg),
+                               chief=placement.is_chief, fresh=not cfg.out)
+    out = claimed.out
     try:
-        with autotune.turned_off(not cfg.autotune):
-            run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
-    except BaseException as e:
-        if placement.is_chief:
-            checkpoint.after_failure(out, created=not resuming)
-        distribute.raise_if_peer_lost(e, placement, out)
-        raise
-    if cfg.report and placement.is_chief:
-        _write_report(run, data, cfg.quiet)
+        try:
+            with autotune.turned_off(not cfg.autotune):
+                run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
+        except BaseException as e:
+            if placement.is_chief:
+                checkpoint.after_failure(claimed)
+            distribute.raise_if_peer_lost(e, placement, out)
+            raise
+        if cfg.report and placement.is_chief:
+            _write_report(run, data, cfg.quiet)
+    finally:
+        claimed.release()
     return run
 
 
