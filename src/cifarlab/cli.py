@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-autotune", action="store_true",
                    help="use the default kernels instead of those measured fastest on this machine (cached in "
                         "~/.cache/cifarlab/autotune.json)")
+    _set_args(p)
+    _track_args(p)
     _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
@@ -163,7 +165,72 @@ def build_parser() -> argparse.ArgumentParser:
                         "servers then listen on every interface, unauthenticated: only behind a firewall)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
+    _experiment_parsers(sub)
     return parser
+
+
+def _set_args(p):
+    p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
+                   help="override a recipe field (repeatable), e.g. --set label_smoothing=0.1; see `cifarlab list`")
+
+
+def _track_args(p):
+    p.add_argument("--track", metavar="mlflow[=URI]",
+                   help="log parameters, per-epoch metrics, the report and the model to MLflow "
+                        "(URI default: $MLFLOW_TRACKING_URI, else MLflow's default)")
+
+
+def _experiment_parsers(sub):
+    """sweep, compare, tune and runs (cifarlab.experiments)."""
+
+    def execution_args(p):
+        _data_args(p)
+        p.add_argument("--recipe", required=True, metavar="NAME", help="recipe to train")
+        _set_args(p)
+        p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
+        p.add_argument("--epochs", type=int, metavar="N", help="override the recipe's number of epochs")
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="trials at a time: local processes, each with its share of the cores as threads (default 1); "
+                            "with --ray, at most N Ray tasks (default: as many as the cluster's CPUs hold)")
+        p.add_argument("--pin-cores", action="store_true",
+                       help="pin each local worker to its cores (a machine of its own; on a shared one it can hurt)")
+        p.add_argument("--ray", metavar="auto|local|HOST:PORT",
+                       help="run the trials on a Ray cluster: auto (the running one), local (start one here) or its address")
+        p.add_argument("--cpus-per-trial", type=float, default=1, metavar="N", help="Ray: CPUs per trial (default 1)")
+        p.add_argument("--gpus-per-trial", type=float, default=0, metavar="N", help="Ray: GPUs per trial (default 0)")
+        p.add_argument("--retries", type=int, default=2, metavar="N",
+                       help="times a trial whose worker died is started again (default 2)")
+        p.add_argument("--no-report", action="store_true", help="trials write no report.html")
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+        _track_args(p)
+
+    p = sub.add_parser("sweep", help="train a recipe once per seed; summary with confidence intervals")
+    execution_args(p)
+    p.add_argument("--seeds", default="0-4", metavar="0-9", help="seeds: N, A-B or a list of them (default 0-4)")
+    p.add_argument("-o", "--out", metavar="DIR", help="sweep folder (default sweeps/RECIPE); rerun it to resume")
+
+    p = sub.add_parser("compare", help="is sweep B better than sweep A? Welch's test, bootstrap, effect size")
+    p.add_argument("a", metavar="SWEEP_A")
+    p.add_argument("b", metavar="SWEEP_B")
+    p.add_argument("--metric", metavar="NAME", help="final metric (default tta_test_accuracy where the runs have it, "
+                                                    "else test_accuracy)")
+    p.add_argument("-o", "--output", metavar="HTML", help="also write the comparison as an HTML page")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("tune", help="Optuna search over recipe fields on validation accuracy, with pruning")
+    execution_args(p)
+    p.add_argument("--space", required=True, metavar="SPACE.yaml", help="recipe fields to search (YAML or JSON)")
+    p.add_argument("--trials", type=int, required=True, metavar="N", help="complete or pruned trials to reach")
+    p.add_argument("-o", "--out", metavar="DIR", help="tune folder (default tunes/RECIPE); rerun it to resume")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage, any SQLAlchemy URL (default sqlite in DIR)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the folder's name)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="training seed of every trial and the sampler's")
+    p.add_argument("--prune-after", type=int, default=5, metavar="N",
+                   help="trials that finish before the median pruner starts pruning (default 5)")
+
+    p = sub.add_parser("runs", help="a table of the run directories under a folder")
+    p.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="folder to search (default runs)")
+    p.add_argument("--csv", metavar="PATH", help="write the table as CSV instead of printing it")
 
 
 def _scale_args(p):
@@ -224,6 +291,10 @@ def cmd_train(args) -> int:
         given["out"] = args.out  # a rerun never writes into the old run's directory
     given.update({k: v for k, v in {"strategy": args.strategy, "devices": args.devices,
                                     "checkpoint_every": args.checkpoint_every}.items() if v is not None})
+    if args.overrides:
+        from cifarlab.training.overrides import parse_assignments
+
+        given["overrides"] = {**(base.overrides or {}), **parse_assignments(args.overrides)}
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
     if args.exclude is not None:
@@ -233,15 +304,24 @@ def cmd_train(args) -> int:
     if args.no_autotune:
         cfg.autotune = False
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
+    tracked = _tracked_train(args, cfg)
     _quiet_tf()
     from cifarlab.training.signals import Interrupted
     from cifarlab.training.train import train
 
     try:
-        run = train(cfg)
+        run = train(cfg, on_epoch=tracked and tracked.epoch)
     except Interrupted as e:
+        if tracked:
+            tracked.finish({"event": "interrupted"})
         print(f"cifarlab: {e}", file=sys.stderr)
         return e.exit_code
+    except BaseException:
+        if tracked:
+            tracked.finish({"event": "error"})
+        raise
+    if tracked:
+        tracked.finish({"event": "done", "run_dir": str(run.run_dir), "metrics": run.metrics})
     m = run.metrics
     if not m:  # a multi-worker run's other workers: the chief reports
         print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
@@ -250,6 +330,88 @@ def cmd_train(args) -> int:
 
     print(f"test accuracy {headline(m)}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
+    return 0
+
+
+def _tracked_train(args, cfg):
+    """train --track: the MLflow run of this training (checked before TensorFlow starts), or None."""
+    if not args.track:
+        return None
+    from cifarlab.experiments.tracking import TrackedRun, parse_track
+
+    return TrackedRun(parse_track(args.track, "cifarlab"), cfg)
+
+
+def _experiment_kwargs(args) -> dict:
+    from cifarlab.experiments.tracking import parse_track
+    from cifarlab.training.overrides import parse_assignments
+
+    return {"recipe": args.recipe, "data": args.data, "dataset": args.dataset, "limit": args.limit,
+            "epochs": args.epochs, "overrides": parse_assignments(args.overrides), "workers": args.workers,
+            "ray": args.ray, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "retries": args.retries, "report": not args.no_report, "quiet": args.quiet, "pin_cores": args.pin_cores,
+            "tracker": parse_track(args.track, Path(args.out or args.recipe).name)}
+
+
+def cmd_sweep(args) -> int:
+    from cifarlab.experiments.sweep import format_summary, parse_seeds, sweep
+
+    kw = _experiment_kwargs(args)
+    if args.coarse:
+        kw["coarse"] = True
+    summary = sweep(seeds=parse_seeds(args.seeds), out=args.out or f"sweeps/{args.recipe}", **kw)
+    print(format_summary(summary))
+    print(f"summary: {Path(summary['sweep']) / 'sweep.html'}")
+    if summary.get("failed"):
+        raise CifarlabError(f"{len(summary['failed'])} trial(s) failed: " + "; ".join(
+            f"{k}: {v}" for k, v in summary["failed"].items()))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cifarlab.experiments.compare import compare
+
+    r = compare(args.a, args.b, metric=args.metric, html=args.output)
+    print(json.dumps(r, indent=2) if args.json else r["sentence"])
+    if args.output and not args.json:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from cifarlab.experiments.tune import tune
+
+    kw = _experiment_kwargs(args)
+    if kw.pop("overrides"):
+        raise CifarlabError("tune takes fixed values in the space file (name: value), not --set")
+    best = tune(space_file=args.space, trials=args.trials, out=args.out or f"tunes/{args.recipe}",
+                storage=args.storage, study_name=args.study, seed=args.seed, startup_trials=args.prune_after, **kw)
+    if not best:
+        print("no trial completed; nothing to recommend yet")
+        return 0
+    out = Path(args.out or f"tunes/{args.recipe}")
+    print(f"best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}, {best['config']['overrides']}")
+    print(f"wrote {out / 'results.csv'} and {out / 'best.yaml'} (cifarlab train --config {out / 'best.yaml'})")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    import pandas as pd
+
+    from cifarlab.experiments.runs import runs_table
+
+    table = runs_table(args.folder)
+    if args.csv:
+        from cifarlab.fileio import write_text
+
+        write_text(args.csv, table.to_csv(index=False))
+        print(f"wrote {args.csv}: {len(table)} runs")
+    elif table.empty:
+        print(f"no run directories under {args.folder}")
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.max_colwidth", 40):
+            print(table.to_string(index=False))
     return 0
 
 
@@ -419,6 +581,7 @@ def cmd_launch(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
-            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit}
+            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit,
+            "sweep": cmd_sweep, "compare": cmd_compare, "tune": cmd_tune, "runs": cmd_runs}
 # Commands that import TensorFlow up front (train does it itself, after checking its flags).
 NEEDS_TF = {"evaluate", "predict", "summary", "report", "serve", "export"}

@@ -75,7 +75,7 @@ DEFAULT_EVERY_STEPS = 500
 # would silently mix two trainings, so it is refused. (--strategy, --devices, --quiet and
 # --checkpoint-every may change between attempts.)
 MUST_MATCH = ("model", "recipe", "data", "dataset", "epochs", "batch_size", "lr", "precision", "seed",
-              "deterministic", "limit", "validate_on", "val_fraction", "coarse")
+              "deterministic", "limit", "validate_on", "val_fraction", "coarse", "overrides")
 
 
 class NonFiniteLoss(CifarlabError):

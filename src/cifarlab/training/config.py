@@ -38,12 +38,23 @@ class TrainConfig:
     exclude: str | None = None  # FINDINGS[:KINDS] of cifarlab audit: train without those images (data.findings)
     relabel: bool = False  # with exclude: give "label" findings their suggested label instead
     autotune: bool = True  # measure kernel choices on this machine once, then cache them (training.autotune)
+    overrides: dict | None = None  # recipe field -> value (--set key=value; training.overrides)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        """A run's ``config.json`` (its ``request``) or a plain object of these fields; unknown keys are ignored."""
+        """A run's ``config.json`` (its ``request``) or a plain object of these fields, in JSON or (by a
+        ``.yaml``/``.yml`` suffix) YAML, as ``cifarlab tune`` writes its best; unknown keys are ignored."""
         try:
-            saved = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+            if Path(path).suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                try:
+                    saved = yaml.safe_load(text)
+                except yaml.YAMLError as e:
+                    raise ValueError(str(e).replace("\n", " ")) from None
+            else:
+                saved = json.loads(text)
         except (OSError, ValueError, TypeError) as e:
             raise CifarlabError(f"{path}: not a cifarlab config.json ({e})") from None
         fields = saved.get("request", saved) if isinstance(saved, dict) else saved
@@ -97,6 +108,7 @@ def _type_problem(value, hint) -> str | None:
 def resolve(cfg: TrainConfig):
     """Check a config without touching TensorFlow; return its (Recipe, ModelSpec)."""
     from cifarlab.registry import get_model, get_recipe
+    from cifarlab.training.overrides import override_recipe
     from cifarlab.training.precision import CHOICES
 
     for name in ("epochs", "batch_size", "limit"):
@@ -115,7 +127,9 @@ def resolve(cfg: TrainConfig):
         read_findings(cfg.exclude, cfg.relabel)  # a bad findings file fails before TensorFlow starts
     if cfg.precision is not None and cfg.precision not in CHOICES:
         raise CifarlabError(f"--precision must be one of {', '.join(CHOICES)}, not {cfg.precision!r}")
-    recipe = get_recipe(cfg.recipe).with_overrides(  # checked again as a recipe (recipes.Recipe)
+    if cfg.overrides is not None and not isinstance(cfg.overrides, dict):
+        raise CifarlabError(f"overrides must map recipe fields to values, not {cfg.overrides!r}")
+    recipe = override_recipe(get_recipe(cfg.recipe), cfg.overrides).with_overrides(  # checked again as a recipe
         epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, precision=cfg.precision)
     spec = get_model(cfg.model or recipe.model)
     return recipe, spec

@@ -57,14 +57,29 @@ def environment() -> dict:
         "cifarlab": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
         "keras": keras.__version__, "numpy": np.__version__, "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "cpu_model": cpu_model(),
     }
 
 
-def train(config: TrainConfig | None = None, **kwargs) -> Run:
+def cpu_model() -> str:
+    """The CPU's marketing name (``lscpu``'s "Model name"), or the architecture where Linux does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train(config: TrainConfig | None = None, on_epoch=None, **kwargs) -> Run:
     """Train, evaluate on the test set once, and write the run directory.
 
     Accepts a :class:`TrainConfig` or its fields as keyword arguments, e.g.
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
+    ``on_epoch(row)``, if given, is called after each epoch's checkpoint with that epoch's
+    history row (``epoch`` from 1, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``);
+    an exception it raises stops the run as any error does (the checkpoint stays).
     """
     from cifarlab.data import load_dataset
     from cifarlab.data.findings import read_findings
@@ -89,7 +104,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     try:
         try:
             with autotune.turned_off(not cfg.autotune):
-                run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
+                run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement, on_epoch)
         except BaseException as e:
             if placement.is_chief:
                 checkpoint.after_failure(claimed)
@@ -117,7 +132,7 @@ def _write_report(run: Run, data, quiet: bool) -> None:
         print(f"report: {path}")
 
 
-def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None) -> Run:
+def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None, on_epoch=None) -> Run:
     import tensorflow as tf
 
     from cifarlab.evaluation.metrics import classification_metrics
@@ -150,7 +165,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     if recipe.trainer == "fast":  # the compiled custom loop of the fast/quick recipes
         from cifarlab.training.fast import train_in
 
-        return train_in(out, cfg, recipe, spec, data, precision, config, placement)
+        return train_in(out, cfg, recipe, spec, data, precision, config, placement, on_epoch)
 
     with placement.scope():
         model = spec.build(num_classes=data.num_classes)
@@ -166,7 +181,10 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
     ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
-    callbacks.append(ckpt)  # last: it records what the other callbacks decided
+    callbacks.append(ckpt)  # it records what the callbacks before it decided
+    if on_epoch is not None:  # after the checkpoint, so stopping here keeps the epoch
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})))
     t0 = time.perf_counter()
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
