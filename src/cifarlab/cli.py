@@ -114,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="most images per model call (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="longest a request waits for others to batch with (default 5)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host header names accepted, '*' for any (default: localhost, 127.0.0.1, "
+                        "[::1] and the --host address; for 0.0.0.0 also this machine's names)")
+    p.add_argument("--max-connections", type=int, default=2048, metavar="N",
+                   help="open connections at once; past that new requests get 503 (default 2048)")
+    p.add_argument("--max-inflight", type=int, default=128, metavar="N",
+                   help="prediction requests in progress at once; past that 503 + Retry-After (default 128)")
+    p.add_argument("--max-queue", type=int, default=512, metavar="N",
+                   help="images waiting for the model; past that, or after --queue-timeout-ms, 503 (default 512)")
+    p.add_argument("--queue-timeout-ms", type=float, default=250.0, metavar="MS",
+                   help="longest an image waits for the model before it is turned away with 503 (default 250)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a client has to send a request's headers (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a client has to send a request's body; later is 408 (default 30)")
+    p.add_argument("--max-image-pixels", type=int, default=4_000_000, metavar="N",
+                   help="decoded pixels per image (a JPEG at its 1/8-1/2 draft scale); more is 400 (default 4000000)")
+    p.add_argument("--max-request-pixels", type=int, default=16_000_000, metavar="N",
+                   help="decoded pixels per request, all images together; more is 413 (default 16000000)")
 
     p = sub.add_parser("export", help="export a model to SavedModel, ONNX or TFLite, checked against Keras")
     p.add_argument("model", metavar="RUN_DIR|MODEL")
@@ -496,15 +515,33 @@ def cmd_report(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from cifarlab.serving.app import serve
+    from cifarlab.serving.app import Limits, default_allowed_hosts, serve
 
     if not 0 <= args.port <= 65535:
         raise CifarlabError(f"--port must be 0-65535, not {args.port}")
     if args.max_upload_mb <= 0 or args.max_batch < 1 or args.max_wait_ms < 0:
         raise CifarlabError("--max-upload-mb must be > 0, --max-batch >= 1 and --max-wait-ms >= 0")
-    serve(args.model, host=args.host, port=args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
-          announce=lambda line: print(line, flush=True))
+    counts = {"--max-connections": args.max_connections, "--max-inflight": args.max_inflight,
+              "--max-queue": args.max_queue, "--max-image-pixels": args.max_image_pixels,
+              "--max-request-pixels": args.max_request_pixels}
+    times = {"--queue-timeout-ms": args.queue_timeout_ms, "--header-timeout": args.header_timeout,
+             "--body-timeout": args.body_timeout}
+    for flag, value in {**counts, **times}.items():
+        if not value > 0:
+            raise CifarlabError(f"{flag} must be > 0, not {value}")
+    hosts = default_allowed_hosts(args.host) if args.allowed_hosts is None else tuple(
+        h.strip().lower() for h in args.allowed_hosts.split(",") if h.strip())
+    if not hosts or any("*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*."))
+                        for h in hosts):
+        raise CifarlabError(f"--allowed-hosts: give names like 'example.com', '*.example.com' or '*', "
+                            f"not {args.allowed_hosts!r}")
+    limits = Limits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_batch=args.max_batch,
+                    max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
+                    queue_timeout_s=args.queue_timeout_ms / 1000, max_image_pixels=args.max_image_pixels,
+                    max_request_pixels=args.max_request_pixels, max_inflight=args.max_inflight,
+                    body_timeout_s=args.body_timeout, allowed_hosts=hosts)
+    serve(args.model, host=args.host, port=args.port, limits=limits, max_connections=args.max_connections,
+          header_timeout_s=args.header_timeout, announce=lambda line: print(line, flush=True))
     return 0
 
 
