@@ -198,6 +198,14 @@ def test_quick_run_directory_records_precision_and_tta(tmp_path):
     assert config["precision"] == ("bf16" if _has_bf16_flags() else config["precision"])
     assert config["recipe"]["name"] == "quick" and config["recipe"]["trainer"] == "fast"
     metrics = json.loads((out / "metrics.json").read_text())
+    # the headline is the figure the recipe is defined by: TTA, with the plain one beside it
+    assert metrics["summary"] == {"test_accuracy": metrics["tta_test_accuracy"], "evaluation": "tta",
+                                  "plain_test_accuracy": metrics["test_accuracy"]}
+    from cifarlab.evaluation.report import build_report
+
+    header = build_report(out).read_text().split("</header>")[0]
+    assert f"{metrics['tta_test_accuracy']:.2%} with test-time augmentation".replace("%", " %") in header
+    assert f"({metrics['test_accuracy']:.2%} plain)".replace("%", " %") in header
     for key in ("test_accuracy", "test_loss", "tta_test_accuracy", "tta_test_loss", "accuracy_note",
                 "per_class", "confusion_matrix", "precision"):
         assert key in metrics

@@ -64,6 +64,8 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes(small_archive, tmp_path)
     cmd = cli("train", *small(small_archive, out, epochs=2))
     proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     saved = wait_for(proc, out, lambda s: s["epoch"] >= 1 and s["step"] > 0, "a mid-epoch checkpoint in epoch 2")
+    with pytest.raises(CifarlabError, match=f"in use by another cifarlab run \\(pid {proc.pid}\\)"):
+        checkpoint.claim(out, json.loads((out / "config.json").read_text())["request"])
     proc.kill()  # SIGKILL: no handler, no clean-up
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -97,16 +99,18 @@ def test_sigterm_checkpoints_and_exits_143(small_archive, tmp_path):
     assert s["step"] > 0 or s["epoch"] >= 2  # saved at the step it stopped, after the epoch checkpoint
     # Resumable: the directory is claimed for resuming by the same settings, refused with others.
     request = json.loads((out / "config.json").read_text())["request"]
-    assert checkpoint.claim(out, request) is True
+    claimed = checkpoint.claim(out, request)
+    claimed.release()
+    assert claimed.resuming and not claimed.created
     with pytest.raises(CifarlabError, match="other settings"):
         checkpoint.claim(out, {**request, "lr": 0.5})
 
 
 def test_other_workers_never_check_or_create_the_run_directory(tmp_path):
     # The chief may be half-way through creating it (only its write probe there yet).
-    (tmp_path / ".write-test").write_bytes(b"")
-    assert checkpoint.claim(tmp_path, {}, chief=False) is False
-    assert checkpoint.claim(tmp_path / "absent", {}, chief=False) is False
+    (tmp_path / checkpoint.LOCK).write_bytes(b"")
+    assert not checkpoint.claim(tmp_path, {}, chief=False).resuming
+    assert not checkpoint.claim(tmp_path / "absent", {}, chief=False).resuming
     assert not (tmp_path / "absent").exists()
 
 
@@ -173,6 +177,33 @@ def test_failed_checkpoint_write_keeps_the_previous_one(small_archive, tmp_path,
     assert_complete(out, 2)
 
 
+def assert_private_network(workers) -> None:
+    """Each worker's TensorFlow server listens in a network of its own whose only interface is a loopback:
+    neither this machine's loopback nor its other addresses reach it (issue 16)."""
+    import socket
+
+    import psutil
+
+    addresses = ["127.0.0.1"] + [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                                 if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for w in workers:
+        cfg = json.loads(w.environ()["TF_CONFIG"])
+        port = int(cfg["cluster"]["worker"][cfg["task"]["index"]].rsplit(":", 1)[1])
+        assert os.readlink(f"/proc/{w.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        with open(f"/proc/{w.pid}/net/dev") as f:
+            assert [ln.split(":")[0].strip() for ln in f.read().splitlines()[2:]] == ["lo"]
+        listening = set()
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{w.pid}/net/{table}") as f:
+                listening |= {int(c[1].rsplit(":", 1)[1], 16) for c in map(str.split, f.read().splitlines()[1:])
+                              if c[3] == "0A"}
+        assert port in listening  # the server is up, in its own network
+        for address in addresses:
+            with socket.socket() as s, pytest.raises(OSError):
+                s.settimeout(2)
+                s.connect((address, port))
+
+
 def test_worker_death_stops_the_others_and_the_rerun_resumes(small_archive, tmp_path):
     import psutil
 
@@ -181,6 +212,7 @@ def test_worker_death_stops_the_others_and_the_rerun_resumes(small_archive, tmp_
     launcher = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(launcher, out, lambda s: s["step"] > 0, "the first mid-epoch checkpoint")
     workers = psutil.Process(launcher.pid).children()
+    assert_private_network(workers)
     second = next(w for w in workers if '"index": 1' in w.environ().get("TF_CONFIG", ""))
     second.kill()
     _, err = launcher.communicate(timeout=120)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.errors import CifarlabError
+from cifarlab.evaluation.metrics import headline
 from cifarlab.fileio import atomic_path, write_text
 
 PREDICTIONS = "test_predictions.npz"
@@ -320,6 +321,7 @@ def summary_rows(run: RunData, ece: float) -> tuple[list, list]:
         ("command", " ".join(c["command"]) if c.get("command") else "Python API"),
     ]
     final = [
+        *([("test accuracy with TTA", f"{m['tta_test_accuracy']:.2%}")] if m.get("tta_test_accuracy") is not None else []),
         ("test accuracy", f"{m['test_accuracy']:.2%}"),
         ("test loss", f"{m['test_loss']:.4f}"),
         ("macro F1", f"{m.get('macro_avg', {}).get('f1', float('nan')):.3f}"),
@@ -510,7 +512,7 @@ def render(run: RunData, other: RunData | None = None) -> str:
                              trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
         title=f"cifarlab report: {run.name}",
-        run=run, version=__version__, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=run, headline=headline(run.metrics), version=__version__, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         cfg_rows=cfg_rows, final_rows=final_rows,
         best=best, best_row=best_row, epochs=len(h),
         restored=bool(_recipe_options(run.config).get("restore_best_weights")),

@@ -440,7 +440,8 @@ def _whole_or_round(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(x, 2)
 
 
-def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None, portable: bool | None = None):
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None, on_epoch=None,
+             portable: bool | None = None):
     """Train a ``trainer="fast"`` recipe and write the rest of the run directory (called by ``training.train``).
 
     ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
@@ -476,6 +477,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
             part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
             print(f"epoch {row['epoch']}/{last}{part}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
                   f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
+        if on_epoch is not None:  # the caller's hook (training.train's on_epoch), after the checkpoint
+            on_epoch(dict(row))
 
     with StopRequest() as stop:
         result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
