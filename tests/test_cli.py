@@ -165,7 +165,7 @@ def test_predict_rejects_non_image(seed_run, tmp_path, capsys):
     txt.write_text("hello")
     assert main(["predict", str(seed_run.run_dir), str(txt)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"cifarlab: error: {txt}: not an image file (or a format Pillow cannot read)"
+    assert err == f"cifarlab: error: {txt}: not an image file of an accepted format (PNG, JPEG, BMP, WEBP)"
 
 
 def test_lambda_model_refused_by_safe_mode(tmp_path, capsys):
