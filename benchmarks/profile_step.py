@@ -9,7 +9,6 @@ content). Prints one JSON line per run; used for the design loop in benchmarks/R
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -32,13 +31,13 @@ def main():
     from cifarlab.training.fast import FastTrainer
 
     prec.apply(prec.resolve(args.precision))
-    recipe = replace(get_recipe(args.recipe), batch_size=args.batch, jit_compile=args.jit, whiten_init_images=0)
+    recipe = get_recipe(args.recipe).with_overrides(batch_size=args.batch, whiten_init_images=0)
     model = get_model(recipe.model).build(10, activation=args.act, act_dtype=args.act_dtype)
     n = args.batch * (args.steps + 2)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, n)
-    tr = FastTrainer(model, recipe, x, y, forward=args.forward)
+    tr = FastTrainer(model, recipe, x, y, forward=args.forward, jit_compile=args.jit)
     import tensorflow as tf
 
     idx = [tf.constant(np.arange(i * args.batch, (i + 1) * args.batch), tf.int32) for i in range(args.steps + 2)]

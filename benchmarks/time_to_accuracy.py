@@ -36,7 +36,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -170,7 +170,7 @@ def run_recipe(args) -> dict:
     d = _load(args.data, args.limit)
     recipe = get_recipe(args.recipe)
     if args.epochs:
-        recipe = replace(recipe, epochs=args.epochs)
+        recipe = recipe.with_overrides(epochs=args.epochs)
     prec = precision.resolve(recipe.precision)
     precision.apply(prec)
     keras.utils.set_random_seed(args.seed)
@@ -214,7 +214,7 @@ def run_pipeline(args) -> dict:
     out = {}
     precision.apply(precision.resolve("auto"))
     for label, changes in (("with_data", {}), ("fixed_batch", {"translate": 0, "flip": "none"})):
-        recipe = replace(get_recipe("fast"), **changes)
+        recipe = get_recipe("fast").with_overrides(**changes)
         keras.utils.set_random_seed(0)
         trainer = FastTrainer(get_model("fast").build(10), recipe, d.x_train, d.y_train)
         b = recipe.batch_size

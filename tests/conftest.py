@@ -57,3 +57,11 @@ def small_archive(shared_archive, tmp_path_factory) -> Path:
     from slices import slice_archive
 
     return slice_archive(shared_archive, tmp_path_factory.mktemp("slice") / "cifar10-slice.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def medium_archive(shared_archive, tmp_path_factory) -> Path:
+    """The first 2,000 training and 500 test images of the shared copy, same layout (tests/slices.py)."""
+    from slices import slice_archive
+
+    return slice_archive(shared_archive, tmp_path_factory.mktemp("slice-2k") / "cifar10-slice-2k.tar.gz", n_train=2000)

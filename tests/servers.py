@@ -63,3 +63,43 @@ class Server:
         self._log_file.close()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+class InProcessServer:
+    """A FastAPI app on a real uvicorn server in a thread of this process, on 127.0.0.1 (a free port).
+
+    For apps built around a stub model (slow, failing) that a subprocess cannot be given.
+    ``stop()`` asks uvicorn to shut down as SIGTERM would: in-flight requests finish first.
+    """
+
+    def __init__(self, app, **config):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, **config))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        self.session = requests.Session()
+        self.session.trust_env = False
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

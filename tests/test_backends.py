@@ -198,6 +198,7 @@ def test_muon_optimizer_matches_the_tensorflow_loops_update():
     from cifarlab.training.muon import from_recipe
 
     recipe = get_recipe("quick")
+    o = recipe.options
     rng = np.random.default_rng(0)
     shapes = [(3, 3, 4, 8), (8,), (8, 10)]
     init = [rng.normal(size=s).astype(np.float32) for s in shapes]
@@ -205,8 +206,8 @@ def test_muon_optimizer_matches_the_tensorflow_loops_update():
     lr = recipe.learning_rate  # step 0 of a long run: the schedule's factor is 1 at the start
 
     fake = types.SimpleNamespace(recipe=recipe, is_muon=[True, False, False],
-                                 lr_mult=[1.0, recipe.bias_lr_scale, 1.0],
-                                 wd=[recipe.weight_decay, recipe.weight_decay / recipe.bias_lr_scale, recipe.weight_decay])
+                                 lr_mult=[1.0, recipe.options.bias_lr_scale, 1.0],
+                                 wd=[o.weight_decay, o.weight_decay / o.bias_lr_scale, o.weight_decay])
     fake._muon_update = lambda *a: FastTrainer._muon_update(fake, *a)
     ref = [tf.Variable(a) for a in init]
     bufs = [tf.Variable(tf.zeros(s)) for s in shapes]

@@ -51,12 +51,14 @@ def test_export_is_checked_and_loads_in_its_runtime(fmt, name, seed_run, check_d
 
 def test_savedmodel_replaces_an_old_export_whole(seed_run, shared_archive, tmp_path, capsys):
     out = tmp_path / "saved"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an older export")
+    (out / "variables").mkdir(parents=True)  # an older export, with a file the new one does not have
+    (out / "saved_model.pb").write_bytes(b"older")
+    (out / "assets").mkdir()
+    (out / "assets" / "stale.txt").write_text("from an older export")
     rc, _, err = main(capsys, "export", seed_run.run_dir, "--format", "savedmodel", "-o", out,
                       "--data", shared_archive)
     assert rc == 0, err
-    assert not (out / "stale.txt").exists() and (out / "saved_model.pb").is_file()
+    assert not (out / "assets" / "stale.txt").exists() and (out / "saved_model.pb").read_bytes() != b"older"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
 
 

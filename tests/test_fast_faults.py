@@ -7,7 +7,6 @@ import resource
 import shutil
 import signal
 import subprocess
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -18,14 +17,14 @@ from test_faults import cli, quiet_env, sigterm_after_first_epoch, state, wait_f
 
 
 def quick(archive, out, epochs=3) -> list[str]:
-    # 2,000 images: 1,800 to train on, 3 steps of 512 per epoch.
+    # 2,000 images: 1,800 to train on, 3 steps of 500 per epoch.
     return ["--recipe", "quick", "--data", str(archive), "--limit", "2000", "--epochs", str(epochs), "--seed", "0",
             "--out", str(out), "--no-report", "--quiet"]
 
 
-def test_kill_9_after_an_epoch_then_the_same_command_resumes_at_the_next(shared_archive, tmp_path):
+def test_kill_9_after_an_epoch_then_the_same_command_resumes_at_the_next(medium_archive, tmp_path):
     out = tmp_path / "run"
-    cmd = cli("train", *quick(shared_archive, out))
+    cmd = cli("train", *quick(medium_archive, out))
     proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     saved = wait_for(proc, out, lambda s: s["epoch"] >= 1, "the first epoch's checkpoint")
     proc.kill()  # SIGKILL: no handler, no clean-up
@@ -48,9 +47,9 @@ def test_kill_9_after_an_epoch_then_the_same_command_resumes_at_the_next(shared_
     assert not (out / "checkpoint").exists()
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_exits_143(shared_archive, tmp_path):
+def test_sigterm_finishes_the_step_checkpoints_and_exits_143(medium_archive, tmp_path):
     out = tmp_path / "run"
-    sigterm_after_first_epoch(cli("train", *quick(shared_archive, out)), out)
+    sigterm_after_first_epoch(cli("train", *quick(medium_archive, out)), out)
     saved = state(out)
     assert saved["trainer"] == "fast" and saved["epoch"] >= 1 and not (out / "metrics.json").exists()
     assert len(checkpoint.read_arrays(out)) > 0  # the momentum buffers travel with the weights
@@ -72,10 +71,10 @@ class StopAfter:
 
 
 @pytest.fixture(scope="module")
-def data(shared_archive):
+def data(small_archive):
     from cifarlab.data import load_dataset
 
-    return load_dataset(str(shared_archive), validate_on="test", limit=600, quiet=True)
+    return load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)  # 500 test images
 
 
 def make_trainer(data):
@@ -84,7 +83,7 @@ def make_trainer(data):
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.fast import FastTrainer
 
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256)  # 4 steps per epoch
+    recipe = get_recipe("quick").with_overrides(batch_size=128, whiten_init_images=256)  # 4 steps per epoch
     keras.utils.set_random_seed(0)
     return FastTrainer(get_model("quick").build(num_classes=10), recipe, data.x_train, data.y_train, seed=0)
 

@@ -27,9 +27,9 @@ def quiet_env() -> dict:
 
 
 def small(archive, out, epochs=3, every=5) -> list[str]:
-    # 1,000 images: 900 to train on, 29 steps of 32 per epoch.
+    # 1,000 images: 900 to train on, 29 steps of 32 per epoch. No report: these tests are about checkpoints.
     return ["--recipe", "seed", "--data", str(archive), "--limit", "1000", "--epochs", str(epochs), "--seed", "0",
-            "--out", str(out), "--checkpoint-every", str(every), "--quiet"]
+            "--out", str(out), "--checkpoint-every", str(every), "--no-report", "--quiet"]
 
 
 def state(out):
@@ -59,11 +59,13 @@ def assert_complete(out, epochs):
     return history
 
 
-def test_kill_9_mid_epoch_then_the_same_command_resumes(shared_archive, tmp_path):
+def test_kill_9_mid_epoch_then_the_same_command_resumes(small_archive, tmp_path):
     out = tmp_path / "run"
-    cmd = cli("train", *small(shared_archive, out, epochs=2))
+    cmd = cli("train", *small(small_archive, out, epochs=2))
     proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     saved = wait_for(proc, out, lambda s: s["epoch"] >= 1 and s["step"] > 0, "a mid-epoch checkpoint in epoch 2")
+    with pytest.raises(CifarlabError, match=f"in use by another cifarlab run \\(pid {proc.pid}\\)"):
+        checkpoint.claim(out, json.loads((out / "config.json").read_text())["request"])
     proc.kill()  # SIGKILL: no handler, no clean-up
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -90,23 +92,25 @@ def sigterm_after_first_epoch(cmd: list[str], out) -> None:
     assert last.startswith("cifarlab: stopped by SIGTERM") and f"run the same command with --out {out}" in last
 
 
-def test_sigterm_checkpoints_and_exits_143(shared_archive, tmp_path):
+def test_sigterm_checkpoints_and_exits_143(small_archive, tmp_path):
     out = tmp_path / "run"
-    sigterm_after_first_epoch(cli("train", *small(shared_archive, out, every=0)), out)
+    sigterm_after_first_epoch(cli("train", *small(small_archive, out, every=0)), out)
     s = state(out)
     assert s["step"] > 0 or s["epoch"] >= 2  # saved at the step it stopped, after the epoch checkpoint
     # Resumable: the directory is claimed for resuming by the same settings, refused with others.
     request = json.loads((out / "config.json").read_text())["request"]
-    assert checkpoint.claim(out, request) is True
+    claimed = checkpoint.claim(out, request)
+    claimed.release()
+    assert claimed.resuming and not claimed.created
     with pytest.raises(CifarlabError, match="other settings"):
         checkpoint.claim(out, {**request, "lr": 0.5})
 
 
 def test_other_workers_never_check_or_create_the_run_directory(tmp_path):
     # The chief may be half-way through creating it (only its write probe there yet).
-    (tmp_path / ".write-test").write_bytes(b"")
-    assert checkpoint.claim(tmp_path, {}, chief=False) is False
-    assert checkpoint.claim(tmp_path / "absent", {}, chief=False) is False
+    (tmp_path / checkpoint.LOCK).write_bytes(b"")
+    assert not checkpoint.claim(tmp_path, {}, chief=False).resuming
+    assert not checkpoint.claim(tmp_path / "absent", {}, chief=False).resuming
     assert not (tmp_path / "absent").exists()
 
 
@@ -143,7 +147,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_archive
     assert weights and all(np.isfinite(w).all() for w in weights)
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path, monkeypatch):
+def test_failed_checkpoint_write_keeps_the_previous_one(small_archive, tmp_path, monkeypatch):
     from cifarlab.training.train import train
 
     out = tmp_path / "run"
@@ -157,8 +161,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
         real(data, target)
 
     monkeypatch.setattr(checkpoint, "_write_bytes", disk_full_on_second_write)
-    args = dict(recipe="seed", data=str(shared_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
-                checkpoint_every=0)
+    args = dict(recipe="seed", data=str(small_archive), limit=1000, epochs=2, seed=0, out=str(out), quiet=True,
+                checkpoint_every=0, report=False)
     with pytest.raises(CifarlabError) as e:
         train(**args)
     message = str(e.value)
@@ -173,14 +177,42 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shared_archive, tmp_path
     assert_complete(out, 2)
 
 
-def test_worker_death_stops_the_others_and_the_rerun_resumes(shared_archive, tmp_path):
+def assert_private_network(workers) -> None:
+    """Each worker's TensorFlow server listens in a network of its own whose only interface is a loopback:
+    neither this machine's loopback nor its other addresses reach it (issue 16)."""
+    import socket
+
+    import psutil
+
+    addresses = ["127.0.0.1"] + [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                                 if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for w in workers:
+        cfg = json.loads(w.environ()["TF_CONFIG"])
+        port = int(cfg["cluster"]["worker"][cfg["task"]["index"]].rsplit(":", 1)[1])
+        assert os.readlink(f"/proc/{w.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        with open(f"/proc/{w.pid}/net/dev") as f:
+            assert [ln.split(":")[0].strip() for ln in f.read().splitlines()[2:]] == ["lo"]
+        listening = set()
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{w.pid}/net/{table}") as f:
+                listening |= {int(c[1].rsplit(":", 1)[1], 16) for c in map(str.split, f.read().splitlines()[1:])
+                              if c[3] == "0A"}
+        assert port in listening  # the server is up, in its own network
+        for address in addresses:
+            with socket.socket() as s, pytest.raises(OSError):
+                s.settimeout(2)
+                s.connect((address, port))
+
+
+def test_worker_death_stops_the_others_and_the_rerun_resumes(small_archive, tmp_path):
     import psutil
 
     out = tmp_path / "run"
-    cmd = cli("launch", "--workers", "2", "--", "train", *small(shared_archive, out, epochs=1))
+    cmd = cli("launch", "--workers", "2", "--", "train", *small(small_archive, out, epochs=1))
     launcher = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(launcher, out, lambda s: s["step"] > 0, "the first mid-epoch checkpoint")
     workers = psutil.Process(launcher.pid).children()
+    assert_private_network(workers)
     second = next(w for w in workers if '"index": 1' in w.environ().get("TF_CONFIG", ""))
     second.kill()
     _, err = launcher.communicate(timeout=120)
@@ -206,7 +238,7 @@ def test_a_signal_to_the_launcher_reaches_the_workers_and_the_rerun_resumes(smal
     args = small(small_archive, out, epochs=2, every=3)
     args[args.index("seed")] = recipe
     if recipe == "quick":
-        args += ["--batch-size", "64", "--no-report"]
+        args += ["--batch-size", "64"]
     cmd = cli("launch", "--workers", "2", "--", "train", *args)
     for signum, code, ready in ((signal.SIGTERM, 143, lambda s: s["step"] > 0),
                                 (signal.SIGINT, 130, lambda s: s["epoch"] >= 1)):

@@ -77,6 +77,8 @@ def test_train_writes_report_and_the_measured_predictions(seed_run):
     assert len(y) == metrics["num_images"] == 10_000
     assert (probs.argmax(1) == y).mean() == pytest.approx(metrics["test_accuracy"])
     np.testing.assert_array_equal(np.asarray(metrics["confusion_matrix"]).sum(1), np.bincount(y, minlength=10))
+    assert metrics["summary"] == {"test_accuracy": metrics["test_accuracy"], "evaluation": "plain",
+                                  "plain_test_accuracy": metrics["test_accuracy"]}  # the seed recipe has no TTA
 
 
 def test_no_report_and_tensorboard_flags(baseline_run):

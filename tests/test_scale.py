@@ -33,7 +33,8 @@ def quiet_env() -> dict:
 
 def test_one_device_two_devices_two_workers_agree(seed_run, shared_archive, tmp_path):
     # seed_run: 1 epoch of the seed recipe on 2,000 images, seed 0, one device (conftest).
-    same = ["--recipe", "seed", "--data", str(shared_archive), "--limit", "2000", "--epochs", "1", "--seed", "0", "--quiet"]
+    same = ["--recipe", "seed", "--data", str(shared_archive), "--limit", "2000", "--epochs", "1", "--seed", "0",
+            "--no-report", "--quiet"]  # the report is tested elsewhere
     mirrored = subprocess.Popen(cli("train", *same, "--strategy", "mirrored", "--devices", "2",
                                     "--out", str(tmp_path / "mirrored")),
                                 env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,7 +123,6 @@ def test_fast_loop_on_one_device_two_devices_two_workers_agree(small_archive, tm
 def test_the_fast_loops_distributed_step_on_one_replica_is_the_one_device_step(small_archive):
     """The distributed step's machinery (split, all-reduce, merge call, mirrored updates, summed counts) adds
     nothing: under a one-replica MirroredStrategy it ends with the one-device loop's weights."""
-    from dataclasses import replace
 
     import keras
     import numpy as np
@@ -135,7 +135,7 @@ def test_the_fast_loops_distributed_step_on_one_replica_is_the_one_device_step(s
 
     data = load_dataset(str(small_archive), validate_on="test", limit=600, quiet=True)
     # 4 steps per epoch; the first 2 on 24x24 windows (progressive resizing), the rest on whole images
-    recipe = replace(get_recipe("quick"), batch_size=128, whiten_init_images=256, crops=((24, 0.25),))
+    recipe = get_recipe("quick").with_overrides(batch_size=128, whiten_init_images=256, crops=((24, 0.25),))
     placement = Placement(tf.distribute.MirroredStrategy(["/cpu:0"]), "mirrored", 1)
     results = []
     for where in (None, placement):

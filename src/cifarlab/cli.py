@@ -57,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end of the run")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard")
+    p.add_argument("--exclude", metavar="FINDINGS[:KINDS]",
+                   help="train without the training images of `cifarlab audit`'s findings.csv (KINDS: comma-separated, "
+                        "of label, duplicate, leak, outlier, blank; default all)")
+    p.add_argument("--relabel", action="store_true", help="with --exclude: give label findings their suggested label "
+                                                          "instead of leaving them out")
     p.add_argument("--no-autotune", action="store_true",
                    help="use the default kernels instead of those measured fastest on this machine (cached in "
                         "~/.cache/cifarlab/autotune.json)")
+    _set_args(p)
+    _track_args(p)
     _scale_args(p)
 
     p = sub.add_parser("evaluate", help="classification report and confusion matrix on the test set")
@@ -107,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="most images per model call (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="longest a request waits for others to batch with (default 5)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host header names accepted, '*' for any (default: localhost, 127.0.0.1, "
+                        "[::1] and the --host address; for 0.0.0.0 also this machine's names)")
+    p.add_argument("--max-connections", type=int, default=2048, metavar="N",
+                   help="open connections at once; past that new requests get 503 (default 2048)")
+    p.add_argument("--max-inflight", type=int, default=128, metavar="N",
+                   help="prediction requests in progress at once; past that 503 + Retry-After (default 128)")
+    p.add_argument("--max-queue", type=int, default=512, metavar="N",
+                   help="images waiting for the model; past that, or after --queue-timeout-ms, 503 (default 512)")
+    p.add_argument("--queue-timeout-ms", type=float, default=250.0, metavar="MS",
+                   help="longest an image waits for the model before it is turned away with 503 (default 250)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a client has to send a request's headers (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a client has to send a request's body; later is 408 (default 30)")
+    p.add_argument("--max-image-pixels", type=int, default=4_000_000, metavar="N",
+                   help="decoded pixels per image (a JPEG at its 1/8-1/2 draft scale); more is 400 (default 4000000)")
+    p.add_argument("--max-request-pixels", type=int, default=16_000_000, metavar="N",
+                   help="decoded pixels per request, all images together; more is 413 (default 16000000)")
 
     p = sub.add_parser("export", help="export a model to SavedModel, ONNX or TFLite, checked against Keras")
     p.add_argument("model", metavar="RUN_DIR|MODEL")
@@ -116,12 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the one the run used)")
     p.add_argument("--json", action="store_true", help="print the check report as JSON")
 
+    p = sub.add_parser("audit", help="find mislabelled images, duplicates, train/test leaks and outliers in a dataset")
+    _data_args(p)
+    p.add_argument("--recipe", default="quick", metavar="NAME", help="fast-loop recipe each fold trains by (default quick)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
+    p.add_argument("--epochs", type=float, metavar="N", help="epochs per fold (default 5; fractions allowed)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the folds and the training (default 0)")
+    p.add_argument("--limit", type=int, metavar="N", help="audit only the first N training images (quick tries)")
+    p.add_argument("-o", "--out", default="audit", metavar="DIR",
+                   help="folder for findings.csv, audit.json, audit.html and folds/ (default audit); "
+                        "an interrupted audit's folder resumes it")
+    p.add_argument("--no-report", action="store_true", help="do not write audit.html")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
     p = sub.add_parser("launch", help="run a command as N local worker processes (multi-worker training)")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="number of worker processes")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
                    help="first of N consecutive ports on 127.0.0.1 (default: free ones)")
+    p.add_argument("--shared-network", action="store_true",
+                   help="run the workers on this machine's network instead of a private one (their TensorFlow "
+                        "servers then listen on every interface, unauthenticated: only behind a firewall)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- train ...",
                    help="the cifarlab command each worker runs, after --")
+    _experiment_parsers(sub)
     _backend_args(parser, sub)
     return parser
 
@@ -137,13 +181,77 @@ def _backend_args(parser, sub) -> None:
         p.add_argument("--backend", choices=CHOICES, default=argparse.SUPPRESS, help=help_)
 
 
+def _set_args(p):
+    p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
+                   help="override a recipe field (repeatable), e.g. --set label_smoothing=0.1; see `cifarlab list`")
+
+
+def _track_args(p):
+    p.add_argument("--track", metavar="mlflow[=URI]",
+                   help="log parameters, per-epoch metrics, the report and the model to MLflow "
+                        "(URI default: $MLFLOW_TRACKING_URI, else MLflow's default)")
+
+
+def _experiment_parsers(sub):
+    """sweep, compare, tune and runs (cifarlab.experiments)."""
+
+    def execution_args(p):
+        _data_args(p)
+        p.add_argument("--recipe", required=True, metavar="NAME", help="recipe to train")
+        _set_args(p)
+        p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
+        p.add_argument("--epochs", type=int, metavar="N", help="override the recipe's number of epochs")
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="trials at a time: local processes, each with its share of the cores as threads (default 1); "
+                            "with --ray, at most N Ray tasks (default: as many as the cluster's CPUs hold)")
+        p.add_argument("--pin-cores", action="store_true",
+                       help="pin each local worker to its cores (a machine of its own; on a shared one it can hurt)")
+        p.add_argument("--ray", metavar="auto|local|HOST:PORT",
+                       help="run the trials on a Ray cluster: auto (the running one), local (start one here) or its address")
+        p.add_argument("--cpus-per-trial", type=float, default=1, metavar="N", help="Ray: CPUs per trial (default 1)")
+        p.add_argument("--gpus-per-trial", type=float, default=0, metavar="N", help="Ray: GPUs per trial (default 0)")
+        p.add_argument("--retries", type=int, default=2, metavar="N",
+                       help="times a trial whose worker died is started again (default 2)")
+        p.add_argument("--no-report", action="store_true", help="trials write no report.html")
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+        _track_args(p)
+
+    p = sub.add_parser("sweep", help="train a recipe once per seed; summary with confidence intervals")
+    execution_args(p)
+    p.add_argument("--seeds", default="0-4", metavar="0-9", help="seeds: N, A-B or a list of them (default 0-4)")
+    p.add_argument("-o", "--out", metavar="DIR", help="sweep folder (default sweeps/RECIPE); rerun it to resume")
+
+    p = sub.add_parser("compare", help="is sweep B better than sweep A? Welch's test, bootstrap, effect size")
+    p.add_argument("a", metavar="SWEEP_A")
+    p.add_argument("b", metavar="SWEEP_B")
+    p.add_argument("--metric", metavar="NAME", help="final metric (default tta_test_accuracy where the runs have it, "
+                                                    "else test_accuracy)")
+    p.add_argument("-o", "--output", metavar="HTML", help="also write the comparison as an HTML page")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("tune", help="Optuna search over recipe fields on validation accuracy, with pruning")
+    execution_args(p)
+    p.add_argument("--space", required=True, metavar="SPACE.yaml", help="recipe fields to search (YAML or JSON)")
+    p.add_argument("--trials", type=int, required=True, metavar="N", help="complete or pruned trials to reach")
+    p.add_argument("-o", "--out", metavar="DIR", help="tune folder (default tunes/RECIPE); rerun it to resume")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage, any SQLAlchemy URL (default sqlite in DIR)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the folder's name)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="training seed of every trial and the sampler's")
+    p.add_argument("--prune-after", type=int, default=5, metavar="N",
+                   help="trials that finish before the median pruner starts pruning (default 5)")
+
+    p = sub.add_parser("runs", help="a table of the run directories under a folder")
+    p.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="folder to search (default runs)")
+    p.add_argument("--csv", metavar="PATH", help="write the table as CSV instead of printing it")
+
+
 def _scale_args(p):
     from cifarlab.training.distribute import CHOICES  # no TensorFlow import: the CLI imports it quietly later
 
     DEFAULT_EVERY_STEPS = 500  # checkpoint.DEFAULT_EVERY_STEPS, which imports Keras
 
     p.add_argument("--strategy", default=None, choices=CHOICES,
-                   help="auto (default): several workers from TF_CONFIG, else several GPUs, else one device; "
+                   help="auto (default): several GPUs, else one device (never a TF_CONFIG cluster); "
                         "mirrored: this machine's GPUs (or --devices logical CPUs); multiworker: the TF_CONFIG cluster "
                         "(both TensorFlow); dataparallel: JAX's keras.distribution.DataParallel over --devices")
     p.add_argument("--devices", type=int, metavar="N",
@@ -199,27 +307,127 @@ def cmd_train(args) -> int:
         given["out"] = args.out  # a rerun never writes into the old run's directory
     given.update({k: v for k, v in {"strategy": args.strategy, "devices": args.devices,
                                     "checkpoint_every": args.checkpoint_every}.items() if v is not None})
+    if args.overrides:
+        from cifarlab.training.overrides import parse_assignments
+
+        given["overrides"] = {**(base.overrides or {}), **parse_assignments(args.overrides)}
     cfg = TrainConfig(**{**base.__dict__, **given, "quiet": args.quiet})
     cfg.report, cfg.tensorboard = not args.no_report, args.tensorboard
+    if args.exclude is not None:
+        cfg.exclude, cfg.relabel = args.exclude, args.relabel
+    elif args.relabel:
+        cfg.relabel = True  # resolve() explains that it needs --exclude
     if args.no_autotune:
         cfg.autotune = False
     resolve(cfg)  # a typo in a name or flag fails now, not after seconds of TensorFlow start-up
+    tracked = _tracked_train(args, cfg)
     _quiet_keras()
     from cifarlab.training.signals import Interrupted
     from cifarlab.training.train import train
 
     try:
-        run = train(cfg)
+        run = train(cfg, on_epoch=tracked and tracked.epoch)
     except Interrupted as e:
+        if tracked:
+            tracked.finish({"event": "interrupted"})
         print(f"cifarlab: {e}", file=sys.stderr)
         return e.exit_code
+    except BaseException:
+        if tracked:
+            tracked.finish({"event": "error"})
+        raise
+    if tracked:
+        tracked.finish({"event": "done", "run_dir": str(run.run_dir), "metrics": run.metrics})
     m = run.metrics
     if not m:  # a multi-worker run's other workers: the chief reports
         print(f"worker finished {len(run.history)} epochs; the chief writes {run.run_dir}")
         return 0
-    tta = f" ({m['tta_test_accuracy']:.4f} with test-time augmentation)" if "tta_test_accuracy" in m else ""
-    print(f"test accuracy {m['test_accuracy']:.4f}{tta}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
+    from cifarlab.evaluation.metrics import headline
+
+    print(f"test accuracy {headline(m)}, test loss {m['test_loss']:.4f} after {m['epochs']} epochs "
           f"({m['train_seconds']:.0f} s training); run directory: {run.run_dir}")
+    return 0
+
+
+def _tracked_train(args, cfg):
+    """train --track: the MLflow run of this training (checked before TensorFlow starts), or None."""
+    if not args.track:
+        return None
+    from cifarlab.experiments.tracking import TrackedRun, parse_track
+
+    return TrackedRun(parse_track(args.track, "cifarlab"), cfg)
+
+
+def _experiment_kwargs(args) -> dict:
+    from cifarlab.experiments.tracking import parse_track
+    from cifarlab.training.overrides import parse_assignments
+
+    return {"recipe": args.recipe, "data": args.data, "dataset": args.dataset, "limit": args.limit,
+            "epochs": args.epochs, "overrides": parse_assignments(args.overrides), "workers": args.workers,
+            "ray": args.ray, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "retries": args.retries, "report": not args.no_report, "quiet": args.quiet, "pin_cores": args.pin_cores,
+            "tracker": parse_track(args.track, Path(args.out or args.recipe).name)}
+
+
+def cmd_sweep(args) -> int:
+    from cifarlab.experiments.sweep import format_summary, parse_seeds, sweep
+
+    kw = _experiment_kwargs(args)
+    if args.coarse:
+        kw["coarse"] = True
+    summary = sweep(seeds=parse_seeds(args.seeds), out=args.out or f"sweeps/{args.recipe}", **kw)
+    print(format_summary(summary))
+    print(f"summary: {Path(summary['sweep']) / 'sweep.html'}")
+    if summary.get("failed"):
+        raise CifarlabError(f"{len(summary['failed'])} trial(s) failed: " + "; ".join(
+            f"{k}: {v}" for k, v in summary["failed"].items()))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cifarlab.experiments.compare import compare
+
+    r = compare(args.a, args.b, metric=args.metric, html=args.output)
+    print(json.dumps(r, indent=2) if args.json else r["sentence"])
+    if args.output and not args.json:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from cifarlab.experiments.tune import tune
+
+    kw = _experiment_kwargs(args)
+    if kw.pop("overrides"):
+        raise CifarlabError("tune takes fixed values in the space file (name: value), not --set")
+    best = tune(space_file=args.space, trials=args.trials, out=args.out or f"tunes/{args.recipe}",
+                storage=args.storage, study_name=args.study, seed=args.seed, startup_trials=args.prune_after, **kw)
+    if not best:
+        print("no trial completed; nothing to recommend yet")
+        return 0
+    out = Path(args.out or f"tunes/{args.recipe}")
+    print(f"best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}, {best['config']['overrides']}")
+    print(f"wrote {out / 'results.csv'} and {out / 'best.yaml'} (cifarlab train --config {out / 'best.yaml'})")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    import pandas as pd
+
+    from cifarlab.experiments.runs import runs_table
+
+    table = runs_table(args.folder)
+    if args.csv:
+        from cifarlab.fileio import write_text
+
+        write_text(args.csv, table.to_csv(index=False))
+        print(f"wrote {args.csv}: {len(table)} runs")
+    elif table.empty:
+        print(f"no run directories under {args.folder}")
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.max_colwidth", 40):
+            print(table.to_string(index=False))
     return 0
 
 
@@ -323,15 +531,33 @@ def cmd_report(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from cifarlab.serving.app import serve
+    from cifarlab.serving.app import Limits, default_allowed_hosts, serve
 
     if not 0 <= args.port <= 65535:
         raise CifarlabError(f"--port must be 0-65535, not {args.port}")
     if args.max_upload_mb <= 0 or args.max_batch < 1 or args.max_wait_ms < 0:
         raise CifarlabError("--max-upload-mb must be > 0, --max-batch >= 1 and --max-wait-ms >= 0")
-    serve(args.model, host=args.host, port=args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
-          announce=lambda line: print(line, flush=True))
+    counts = {"--max-connections": args.max_connections, "--max-inflight": args.max_inflight,
+              "--max-queue": args.max_queue, "--max-image-pixels": args.max_image_pixels,
+              "--max-request-pixels": args.max_request_pixels}
+    times = {"--queue-timeout-ms": args.queue_timeout_ms, "--header-timeout": args.header_timeout,
+             "--body-timeout": args.body_timeout}
+    for flag, value in {**counts, **times}.items():
+        if not value > 0:
+            raise CifarlabError(f"{flag} must be > 0, not {value}")
+    hosts = default_allowed_hosts(args.host) if args.allowed_hosts is None else tuple(
+        h.strip().lower() for h in args.allowed_hosts.split(",") if h.strip())
+    if not hosts or any("*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*."))
+                        for h in hosts):
+        raise CifarlabError(f"--allowed-hosts: give names like 'example.com', '*.example.com' or '*', "
+                            f"not {args.allowed_hosts!r}")
+    limits = Limits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_batch=args.max_batch,
+                    max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
+                    queue_timeout_s=args.queue_timeout_ms / 1000, max_image_pixels=args.max_image_pixels,
+                    max_request_pixels=args.max_request_pixels, max_inflight=args.max_inflight,
+                    body_timeout_s=args.body_timeout, allowed_hosts=hosts)
+    serve(args.model, host=args.host, port=args.port, limits=limits, max_connections=args.max_connections,
+          header_timeout_s=args.header_timeout, announce=lambda line: print(line, flush=True))
     return 0
 
 
@@ -348,14 +574,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from cifarlab.audit.run import AuditConfig, audit
+
+    cfg = AuditConfig(data=args.data, dataset=args.dataset, coarse=args.coarse, recipe=args.recipe, folds=args.folds,
+                      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit, out=args.out,
+                      quiet=args.quiet, report=not args.no_report)
+    s = audit(cfg)
+    c, t = s["counts"], s["test"]
+    without = "" if t["accuracy_without_leaked"] is None else f", {t['accuracy_without_leaked']:.4f} without them"
+    print(f"{c['label']:,} label issues, {c['leak']:,} train/test leaks, {c['duplicate']:,} duplicates, "
+          f"{c['outlier']:,} outliers, {c['blank']:,} blank images; test accuracy {t['accuracy']:.4f} with "
+          f"{t['leaked_images']:,} leaked test images{without}; findings: {Path(args.out) / 'findings.csv'}")
+    return 0
+
+
 def cmd_launch(args) -> int:
     from cifarlab.launch import launch
 
-    return launch(args.workers, args.cmd, port=args.port)
+    return launch(args.workers, args.cmd, port=args.port, shared_network=args.shared_network)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
-            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch}
+            "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit,
+            "sweep": cmd_sweep, "compare": cmd_compare, "tune": cmd_tune, "runs": cmd_runs}
 # Commands that import Keras (and its backend) up front (train does it itself, after checking its flags).
 NEEDS_KERAS = {"evaluate", "predict", "summary", "report", "serve", "export"}

@@ -48,6 +48,25 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def fresh_dir(base: str | os.PathLike, tries: int = 1000) -> Path:
+    """Create and return a folder that did not exist: ``base``, else ``base-2``, ``base-3``, ...
+
+    ``mkdir`` fails on an existing name, so two processes that pick the same name (two runs
+    started in the same second) still get a folder each.
+    """
+    base = Path(base)
+    for i in range(1, tries + 1):
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CifarlabError(f"cannot create {candidate}: {e.strerror or e}") from None
+    raise CifarlabError(f"cannot create a new folder named like {base}: {tries} of them exist")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

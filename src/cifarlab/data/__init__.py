@@ -104,6 +104,7 @@ def load_dataset(
     coarse: bool = False,
     seed: int = 0,
     quiet: bool = False,
+    findings=None,
 ) -> Dataset:
     """Load a dataset and split off validation data.
 
@@ -117,6 +118,8 @@ def load_dataset(
         (validate on the test set, as the seed notebook did).
     limit : use only the first ``limit`` training images (before the hold-out).
     coarse : CIFAR-100's 20 superclasses instead of its 100 classes.
+    findings : a :class:`cifarlab.data.findings.Findings` (``cifarlab audit``'s findings.csv): its
+        training images are left out (or relabelled) after ``limit``, before the hold-out.
     """
     if validate_on not in ("holdout", "test"):
         raise CifarlabError(f"--validate-on must be 'holdout' or 'test', not {validate_on!r}")
@@ -127,6 +130,9 @@ def load_dataset(
     x, y = a.x_train, a.y_train
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    applied = None
+    if findings is not None:
+        x, y, applied = findings.apply(x, y, a.class_names, limit)
     if validate_on == "test":
         x_val, y_val = a.x_test, a.y_test
     else:
@@ -136,5 +142,5 @@ def load_dataset(
         class_names=a.class_names, source=str(path), name=a.dataset, format=a.format,
         validation=validate_on,
         info={"val_fraction": val_fraction if validate_on == "holdout" else None, "limit": limit,
-              "coarse": coarse, "split_seed": seed},
+              "coarse": coarse, "split_seed": seed, **({"findings": applied} if applied else {})},
     )

@@ -11,11 +11,19 @@ array needs; a crafted file is refused, never executed.
 
 Both readers take an archive (``.tar.gz``, ``.tgz`` or ``.tar``) or the folder it
 extracts to, and return uint8 images ``(N, 32, 32, 3)`` with int64 labels ``(N,)``.
+
+Hostile files are refused with a :class:`CifarlabError` before they cost memory: a file
+(archive member or file in a folder) larger than ``MAX_FILE_BYTES``, archives whose files add
+up to more than ``MAX_TOTAL_BYTES`` or that hold more than ``MAX_ENTRIES`` entries (gzip
+bombs, header floods), pickled arrays larger than their payload (zero strides, a huge empty
+array), object arrays, and pickled lists that would expand to more than ``MAX_PICKLE_ITEMS``
+items or nest deeper than ``MAX_PICKLE_DEPTH`` (shared references, a list holding itself).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -26,6 +34,14 @@ import numpy as np
 from cifarlab.errors import CifarlabError
 
 PIXELS = 32 * 32 * 3
+# The largest official file is CIFAR-100's train batch, 154 MB (50,000 records); a whole release is 185 MB.
+MAX_FILE_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 512 << 20
+MAX_ENTRIES = 10_000  # tar headers read; an official archive has about ten
+# Items in an unpickled batch once shared references are counted each time (CIFAR-100's train
+# batch: 150,000 labels and file names); nesting of an official batch: a dict of lists, depth 2.
+MAX_PICKLE_ITEMS = 10_000_000
+MAX_PICKLE_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,47 @@ def _class_names(layout: Layout, get, coarse: bool) -> list[str]:
     return names
 
 
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle: numpy's own pickles only name the class as the
+    first argument of ``_reconstruct``; calling it (any shape, strides and buffer) is refused."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` for plain, empty arrays; ``ndarray.__setstate__`` then fills them
+    from the pickle's bytes and refuses a payload of the wrong size."""
+    import numpy._core.multiarray as ma  # the non-deprecated home of _reconstruct
+
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("refusing an array of a type other than numpy.ndarray")
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) for n in shape) or math.prod(shape) > 1:
+        raise pickle.UnpicklingError(f"refusing an array of shape {shape!r} from no data")
+    array = ma._reconstruct(np.ndarray, shape, dtype)
+    if array.dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an array of Python objects")
+    return array
+
+
+def _encode(obj, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as Python 3 pickles bytes: ``encode(str, "latin1")``, one byte per character.
+    Other codecs are refused: chained "hex" encodings would double the data at each step."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return obj.encode("latin1", errors)
+
+
+def _dtype(*args):
+    d = np.dtype(*args)
+    if d.hasobject:
+        raise pickle.UnpicklingError("refusing an array of Python objects")
+    return d
+
+
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild numpy arrays, lists, dicts and strings, and nothing else."""
 
@@ -179,10 +236,40 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy"):
-            import numpy._core.multiarray as ma  # the non-deprecated home of _reconstruct
-            return {"_reconstruct": ma._reconstruct, "ndarray": np.ndarray, "dtype": np.dtype}[name]
-        return super().find_class(module, name)
+        return {"_reconstruct": _reconstruct, "ndarray": _NDARRAY, "dtype": _dtype, "encode": _encode}[name]
+
+
+def _check_size(obj, name: str) -> None:
+    """Refuse containers that would expand past ``MAX_PICKLE_ITEMS`` or ``MAX_PICKLE_DEPTH``.
+
+    Pickle shares references, so a few bytes can describe ``[[x] * 10] * 10 ...``: 10**10 items
+    to anything that walks it (numpy, ``str``). Counted here once per distinct container.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(o, depth: int) -> int:
+        if not isinstance(o, (list, tuple, dict)):
+            return 1
+        key = id(o)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise CifarlabError(f"{name}: refusing a pickled list that contains itself")
+        if depth > MAX_PICKLE_DEPTH:
+            raise CifarlabError(f"{name}: refusing pickled lists nested more than {MAX_PICKLE_DEPTH} deep")
+        open_.add(key)
+        total = 1
+        for item in [*o.keys(), *o.values()] if isinstance(o, dict) else o:
+            total += size(item, depth + 1)
+            if total > MAX_PICKLE_ITEMS:
+                raise CifarlabError(f"{name}: refusing a pickle of too many items (over {MAX_PICKLE_ITEMS:,} "
+                                    "once shared references are expanded)")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    size(obj, 0)
 
 
 def safe_unpickle(raw: bytes, name: str):
@@ -191,8 +278,9 @@ def safe_unpickle(raw: bytes, name: str):
         obj = SafeUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise CifarlabError(f"{name}: unsafe or corrupt pickle ({e})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise CifarlabError(f"{name}: corrupt or truncated pickle ({type(e).__name__})") from None
+    _check_size(obj, name)
     if isinstance(obj, dict):
         # Python 2 wrote str keys (read back as str); Python 3 writers use bytes keys.
         obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -213,11 +301,18 @@ class _Container:
             with tarfile.open(path, "r:*") as tar:
                 # Read every regular file once, streaming: random access into a
                 # gzip stream would decompress it again for each member.
-                members = {}
-                for m in tar:
+                members, total = {}, 0
+                for i, m in enumerate(tar):
+                    if i >= MAX_ENTRIES:
+                        raise CifarlabError(f"{path}: more than {MAX_ENTRIES:,} entries; not a CIFAR release")
                     if m.isfile() and detect_layout([m.name]) is not None:
+                        _check_file_size(path, m.name, m.size)
+                        total += m.size
+                        if total > MAX_TOTAL_BYTES:
+                            raise CifarlabError(f"{path}: its CIFAR files add up to more than "
+                                                f"{MAX_TOTAL_BYTES >> 20} MB; not a CIFAR release")
                         f = tar.extractfile(m)
-                        members[m.name.lstrip("./")] = f.read() if f else b""
+                        members[m.name.lstrip("./")] = f.read(m.size) if f else b""
                 self._members = members
         except tarfile.ReadError as e:
             raise CifarlabError(f"{path}: not a readable tar archive ({e})") from None
@@ -239,6 +334,7 @@ class _Container:
         p = self._resolve(name)
         if not p.is_file():
             raise CifarlabError(f"{self.path}: {name} is missing")
+        _check_file_size(self.path, name, p.stat().st_size)
         return p.read_bytes()
 
     def _resolve(self, name: str) -> Path:
@@ -250,3 +346,9 @@ class _Container:
         if parts and parts[0] == self._dir.name:
             return self._dir.joinpath(*parts[1:])
         return p
+
+
+def _check_file_size(container: Path, name: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise CifarlabError(f"{container}: {name} is {size:,} bytes, larger than any CIFAR file "
+                            f"({MAX_FILE_BYTES >> 20} MB at most); refusing to read it")

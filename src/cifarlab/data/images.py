@@ -1,13 +1,16 @@
-"""Decode any image file into the 32x32 RGB uint8 array every model here takes.
+"""Decode an image file into the 32x32 RGB uint8 array every model here takes.
 
 This is the single preprocessing path for image files: dataset folders,
 ``cifarlab predict`` and the HTTP service all call :func:`to_array`, so a model
-sees the same pixels at training and at prediction time. Scaling to [0, 1] is not
-done here: it is a layer inside each model (see ``cifarlab.models``).
+sees the same pixels at training and at prediction time. Callers differ only in
+their limits (``formats``, ``max_pixels``): the HTTP service takes far fewer pixels
+per image than a local training folder. Scaling to [0, 1] is not done here: it is
+a layer inside each model (see ``cifarlab.models``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -19,10 +22,19 @@ from cifarlab.errors import CifarlabError
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-# A 32x32 classifier has no use for huge images; refusing them up front stops a
-# decompression bomb (a tiny file declaring billions of pixels) before Pillow
-# allocates anything. 40 megapixels is larger than any ordinary photo.
+# Pillow format names decoded, everywhere. GIF and TIFF are left out on purpose: a
+# GIF is a 256-colour palette (no photo a 32x32 classifier should see) with frames
+# whose choice is arbitrary, and TIFF brings libtiff's dozen codecs, multi-page files
+# and tiles, a large attack surface no camera or browser upload needs. Every other
+# Pillow plugin (EPS runs Ghostscript) is never even tried.
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+# Decoded pixels allowed per image for local files (training folders, predict): larger
+# than any ordinary photo, and checked from the header before Pillow allocates anything.
 MAX_PIXELS = 40_000_000
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Image.draft) as
+# long as its short side stays at least this long: a 12-megapixel photo costs
+# 0.2 megapixels, and the final 32x32 resize still filters over many source pixels.
+DRAFT_MIN_SIDE = 4 * IMAGE_SIZE
 
 
 # Distinct kinds of bad image, so a caller (the HTTP service) can answer each with
@@ -32,7 +44,7 @@ class ImageError(CifarlabError):
 
 
 class NotAnImageError(ImageError):
-    """The bytes are not an image format Pillow knows (or not a file at all)."""
+    """The bytes are not one of the accepted formats (or not a file at all)."""
 
 
 class ImageTooLargeError(ImageError):
@@ -43,40 +55,72 @@ class CorruptImageError(ImageError):
     """A recognised format whose data is truncated, corrupt or empty."""
 
 
-def to_array(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+def probe(source: str | os.PathLike | bytes, name: str | None = None, *, formats=FORMATS,
+          max_pixels: int = MAX_PIXELS) -> int:
+    """Pixels that :func:`to_array` would decode (after JPEG draft scaling), read from the header only.
+
+    Raises the same :class:`ImageError` kinds as :func:`to_array` for what the header
+    already shows (wrong format, too many pixels, no pixels); cheap (tens of
+    microseconds), so a caller can budget pixels over many images before decoding any.
+    """
+    with _opened(source, name, formats, max_pixels) as im:
+        return im.size[0] * im.size[1]
+
+
+def to_array(source: str | os.PathLike | bytes, name: str | None = None, *, formats=FORMATS,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode one image file (path or bytes) to a ``(32, 32, 3)`` uint8 RGB array.
 
-    Any size, any Pillow mode: RGB, RGBA and LA (composited on white), L, P,
-    CMYK, 1-bit, 16-bit and float greyscale. Non-square images are centre-cropped
-    to a square before resizing, so objects keep their shape. EXIF rotation is
-    applied. Raises :class:`ImageError` (a :class:`CifarlabError`; the subclass says which kind) naming the file for anything that is
-    not a readable image (including truncated files and decompression bombs).
+    ``formats``: Pillow format names accepted (default PNG, JPEG, BMP, WebP);
+    ``max_pixels``: most pixels decoded for one image (a JPEG counts at its draft
+    scale). Any Pillow mode: RGB, RGBA and LA (composited on white), L, P, CMYK,
+    1-bit, 16-bit and float greyscale. Non-square images are centre-cropped to a
+    square before resizing, so objects keep their shape. EXIF rotation is applied.
+    Raises :class:`ImageError` (a :class:`CifarlabError`; the subclass says which
+    kind) naming the file for anything that is not a readable image of an accepted
+    format (including truncated files and decompression bombs).
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "image")
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageTooLargeError(f"{label}: image is {w}x{h} pixels, more than the {MAX_PIXELS:,} allowed")
-            if w == 0 or h == 0:
-                raise CorruptImageError(f"{label}: image has no pixels")
+    with _opened(source, name, formats, max_pixels) as im:
+        label = _label(source, name)
+        try:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
-    except CifarlabError:
-        raise
+            return square_resize(_to_rgb(ImageOps.exif_transpose(im)))
+        except (OSError, SyntaxError, ValueError) as e:
+            # Pillow reports truncated or corrupt data as OSError/SyntaxError.
+            raise CorruptImageError(f"{label}: unreadable image ({e})") from None
+
+
+def _label(source, name) -> str:
+    return name or (str(source) if not isinstance(source, bytes) else "image")
+
+
+@contextlib.contextmanager
+def _opened(source, name, formats, max_pixels):
+    """The image, opened from its header and checked (format, size), with JPEG draft scaling set."""
+    label = _label(source, name)
+    try:
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=list(formats))
     except FileNotFoundError:
         raise NotAnImageError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise NotAnImageError(f"{label}: is a folder, not an image file") from None
     except UnidentifiedImageError:
-        raise NotAnImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+        raise NotAnImageError(f"{label}: not an image file of an accepted format "
+                              f"({', '.join(formats)})") from None
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{label}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        # Pillow reports truncated or corrupt data as OSError/SyntaxError.
         raise CorruptImageError(f"{label}: unreadable image ({e})") from None
-    return square_resize(rgb)
+    with im:
+        w, h = im.size
+        if w == 0 or h == 0:
+            raise CorruptImageError(f"{label}: image has no pixels")
+        if im.format == "JPEG" and min(w, h) >= 2 * DRAFT_MIN_SIDE:
+            im.draft(None, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))  # keeps the short side >= DRAFT_MIN_SIDE
+        dw, dh = im.size
+        if dw * dh > max_pixels:
+            raise ImageTooLargeError(f"{label}: image is {w}x{h} pixels, more than the {max_pixels:,} allowed")
+        yield im
 
 
 def square_resize(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -96,15 +140,15 @@ def square_resize(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # Pillow's own convert("RGB") clips 16-bit data at 255 (a white image);
-        # rescale the real range to 8 bits instead.
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
-        if mode == "F" and a.max() <= 1.0:
-            top = 1.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        im = Image.fromarray(a, mode="L")
+    if mode.startswith("I;16"):
+        # Pillow's own convert("RGB") clips 16-bit data at 255 (a white image); rescale
+        # the real range to 8 bits, in integers (4 bytes a pixel, not float64's 8).
+        a = (np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535
+        im = Image.fromarray(a.astype(np.uint8), mode="L")
+    elif mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        top = 1.0 if mode == "F" and a.max() <= 1.0 else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), mode="L")
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

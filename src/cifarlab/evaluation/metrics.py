@@ -44,6 +44,27 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
+def summary(metrics: dict) -> dict:
+    """The run's headline figure: the test accuracy its recipe is defined by (with test-time augmentation
+    where the run measured it, ``tta_test_accuracy``), and the plain one beside it.
+
+    ``{"test_accuracy", "evaluation": "tta" | "plain", "plain_test_accuracy"}``, fractions 0-1."""
+    if metrics.get("tta_test_accuracy") is not None:
+        return {"test_accuracy": metrics["tta_test_accuracy"], "evaluation": "tta",
+                "plain_test_accuracy": metrics["test_accuracy"]}
+    return {"test_accuracy": metrics["test_accuracy"], "evaluation": "plain",
+            "plain_test_accuracy": metrics["test_accuracy"]}
+
+
+def headline(metrics: dict) -> str:
+    """The headline in words, e.g. "90.74 % with test-time augmentation (89.76 % plain)"."""
+    s = summary(metrics)
+    if s["evaluation"] == "tta":
+        return (f"{s['test_accuracy']:.2%} with test-time augmentation ({s['plain_test_accuracy']:.2%} plain)"
+                .replace("%", " %"))
+    return f"{s['test_accuracy']:.2%}".replace("%", " %")
+
+
 def format_report(metrics: dict) -> str:
     """The classification report and confusion matrix as text, with class names."""
     import pandas as pd

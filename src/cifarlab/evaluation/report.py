@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.errors import CifarlabError
+from cifarlab.evaluation.metrics import headline
 from cifarlab.fileio import atomic_path, write_text
 
 PREDICTIONS = "test_predictions.npz"
@@ -283,15 +284,22 @@ def _param_count(model) -> str:
         return "?"
 
 
+def _recipe_options(config: dict) -> dict:
+    """The recipe's per-trainer options from a run's config.json (runs before the split kept them flat)."""
+    r = config.get("recipe") or {}
+    return r.get("options") or r
+
+
 def summary_rows(run: RunData, ece: float) -> tuple[list, list]:
     """(configuration rows, final-metric rows) as (label, value) string pairs."""
     c, m = run.config, run.metrics
     r, d, env = c.get("recipe") or {}, c.get("data") or {}, c.get("environment") or {}
     req = c.get("request") or {}
     epochs_asked = r.get("epochs")
-    stop = (f", early stopping on {r.get('monitor')} (patience {r['early_stopping_patience']}"
-            f"{', best weights restored' if r.get('restore_best_weights') else ''})"
-            if r.get("early_stopping_patience") is not None else "")
+    o = _recipe_options(c)
+    stop = (f", early stopping on {o.get('monitor')} (patience {o['early_stopping_patience']}"
+            f"{', best weights restored' if o.get('restore_best_weights') else ''})"
+            if o.get("early_stopping_patience") is not None else "")
     cfg = [
         ("model", f"{c.get('model', '?')} ({_param_count(run.model)} parameters)"),
         ("recipe", f"{r.get('name', '?')}: {r.get('optimizer', '?')}, learning rate {r.get('learning_rate', '?')}, "
@@ -313,6 +321,7 @@ def summary_rows(run: RunData, ece: float) -> tuple[list, list]:
         ("command", " ".join(c["command"]) if c.get("command") else "Python API"),
     ]
     final = [
+        *([("test accuracy with TTA", f"{m['tta_test_accuracy']:.2%}")] if m.get("tta_test_accuracy") is not None else []),
         ("test accuracy", f"{m['test_accuracy']:.2%}"),
         ("test loss", f"{m['test_loss']:.4f}"),
         ("macro F1", f"{m.get('macro_avg', {}).get('f1', float('nan')):.3f}"),
@@ -503,10 +512,10 @@ def render(run: RunData, other: RunData | None = None) -> str:
                              trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
         title=f"cifarlab report: {run.name}",
-        run=run, version=__version__, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=run, headline=headline(run.metrics), version=__version__, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         cfg_rows=cfg_rows, final_rows=final_rows,
         best=best, best_row=best_row, epochs=len(h),
-        restored=bool((run.config.get("recipe") or {}).get("restore_best_weights")),
+        restored=bool(_recipe_options(run.config).get("restore_best_weights")),
         acc_curve=figure_uri(lambda p: plots.plot_curves(h, "accuracy", p, best)),
         loss_curve=figure_uri(lambda p: plots.plot_curves(h, "loss", p, best)),
         classes=per_class_rows(m),

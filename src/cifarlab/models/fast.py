@@ -52,7 +52,7 @@ def build(num_classes: int = 10, widths=(64, 256, 256), activation: str = "gelu"
     running statistics close to the last few batches, which is what matters after a run of
     a few hundred steps whose weights move fast. ``dirac``: start the first ``c_in`` filters
     of each 3x3 conv as identities (airbench does), so the untrained net passes its input
-    through, like a residual net; +1 point at 4 epochs on a 10k slice here.
+    through, like a residual net.
     ``bn_epsilon``: 1e-5, TensorFlow's fused batch norm refuses less (airbench: 1e-12).
     """
     x = inputs = keras.Input(shape=(32, 32, 3), name="pixels")
@@ -90,12 +90,10 @@ def build(num_classes: int = 10, widths=(64, 256, 256), activation: str = "gelu"
     return model
 
 
-# SiLU, a smooth activation like airbench's GELU, which it costs less than here. The fast loop
-# computes it as one XLA-fused loop each way (training.ops.in_float32): 4 % of a step over ReLU
-# (GELU: 8 %). 8 epochs, seed 0, TTA: SiLU 90.83 %, GELU 90.67 %, ReLU 90.62 % (benchmarks/RESULTS.md).
+# SiLU: a smooth activation like airbench's GELU, cheaper here, and the most accurate of the three
+# at equal epochs (benchmarks/RESULTS.md, rows D-J).
 FAST_ACTIVATION = "silu"
-# quick keeps ReLU: on its small net SiLU costs 9 % a step and 1 s of XLA compilation in the first
-# step, a tenth of quick's time to 65 %; its accuracy gain there was 0.2 points (86.7 against 86.5 %).
+# quick keeps ReLU: on its small net SiLU's step cost and compile time outweigh its gain (benchmarks/RESULTS.md).
 QUICK_ACTIVATION = "relu"
 
 

@@ -28,15 +28,30 @@ def save_model(model, path: str | Path, metadata: dict) -> Path:
     return path
 
 
+MAX_META_BYTES = 1 << 20  # what save_model writes is a few hundred bytes
+
+
 def read_metadata(path: str | Path) -> dict:
-    """The ``cifarlab.json`` of a model file; ``{}`` for a plain Keras file."""
+    """The ``cifarlab.json`` of a model file; ``{}`` for a plain Keras file or an unreadable zip.
+
+    A ``cifarlab.json`` that is not a JSON object is refused with a :class:`CifarlabError`.
+    """
     try:
         with zipfile.ZipFile(path) as z:
-            if META_NAME in z.namelist():
-                return json.loads(z.read(META_NAME))
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
-        pass
-    return {}
+            if META_NAME not in z.namelist():
+                return {}
+            if z.getinfo(META_NAME).file_size > MAX_META_BYTES:
+                raise CifarlabError(f"{path}: {META_NAME} is larger than {MAX_META_BYTES >> 20} MB")
+            raw = z.read(META_NAME)
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise CifarlabError(f"{path}: {META_NAME} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CifarlabError(f"{path}: {META_NAME} is not a JSON object")
+    return meta
 
 
 def load_model(path: str | Path):
@@ -56,7 +71,12 @@ def load_model(path: str | Path):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CifarlabError(f"{path}: not a loadable Keras model ({first[:200]})") from None
     meta = read_metadata(path)
-    if not meta.get("class_names"):
-        n = int(model.output_shape[-1])
+    n = int(model.output_shape[-1])
+    names = meta.get("class_names")
+    if not names:
         meta["class_names"] = [str(i) for i in range(n)]
+    elif not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise CifarlabError(f"{path}: {META_NAME} class_names is not a list of strings")
+    elif len(names) != n:
+        raise CifarlabError(f"{path}: {META_NAME} has {len(names)} class names for a model with {n} outputs")
     return model, meta

@@ -11,7 +11,8 @@ Every export takes the model's own input: ``(batch, 32, 32, 3)`` float32 RGB pix
 in 0-255, and returns ``(batch, K)`` float32 probabilities. The export is written
 to a temporary name beside the target, loaded back in its own runtime, compared
 with the Keras model on ``CHECK_IMAGES`` test images, and only renamed into place
-if it agrees; a failed check leaves nothing behind.
+if it agrees; a failed check leaves nothing behind. A SavedModel replaces only an empty
+folder or an earlier SavedModel; any other folder is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def export(model_or_run: str | os.PathLike, fmt: str, out: str | os.PathLike,
     # backend exports there (a .keras file loads on every backend).
     require_tensorflow(f"export --format {fmt}")
     src, out = Path(model_or_run), Path(out)
+    if fmt == "savedmodel":
+        _check_replaceable(out)  # before the slow part: a wrong -o fails at once
     model, meta = load_model(src)
     x, data_src = check_images(src, data, n_check)  # before the slow export: a missing --data fails fast
     precision = str(meta.get("precision", "fp32"))
@@ -138,8 +141,6 @@ def export(model_or_run: str | os.PathLike, fmt: str, out: str | os.PathLike,
     ref = np.asarray(model.predict(x.astype(np.float32), batch_size=CHECK_BATCH, verbose=0), dtype=np.float32)
     t0 = time.perf_counter()
     if fmt == "savedmodel":
-        if out.exists() and not out.is_dir():
-            raise CifarlabError(f"{out} exists and is not a folder; a SavedModel is a folder")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
@@ -173,8 +174,33 @@ def _keras_export(model, path: Path, keras_format: str) -> None:
         raise CifarlabError(f"export to {keras_format} failed: {type(e).__name__}: {first[:300]}") from None
 
 
+# What a SavedModel folder holds (TensorFlow's layout); a folder with anything else is not replaced.
+SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra", "fingerprint.pb"}
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse a ``target`` that export must not replace: anything but nothing, an empty folder, or a
+    SavedModel (``saved_model.pb`` and ``variables/``, and only TensorFlow's own entries)."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise CifarlabError(f"{target} exists and is not a folder; a SavedModel is a folder: refusing to replace it")
+    names = set(os.listdir(target))
+    if not names:
+        return
+    if not {"saved_model.pb", "variables"} <= names:
+        raise CifarlabError(f"{target} is not a SavedModel (no saved_model.pb and variables/ in it): "
+                            "refusing to replace it; choose another -o")
+    other = sorted(names - SAVEDMODEL_ENTRIES)
+    if other:
+        raise CifarlabError(f"{target} holds files a SavedModel does not ({', '.join(other[:3])}): "
+                            "refusing to replace it; choose another -o")
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Rename folder ``new`` to ``target``; an old ``target`` is moved aside first and removed after."""
+    """Rename folder ``new`` to ``target``; an old ``target`` (checked by :func:`_check_replaceable`)
+    is moved aside first and removed after."""
+    _check_replaceable(target)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

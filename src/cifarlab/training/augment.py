@@ -50,16 +50,6 @@ def window_draws(gen: tf.random.Generator, n, size: int, window: int) -> tf.Tens
     return gen.uniform([2, n], 0, size - window + 1, dtype=tf.int32)
 
 
-def translate(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
-    """Shift every image by ``(dy, dx)`` pixels (content moves down/right for positive), reflect-padded."""
-    p = max(abs(dy), abs(dx))
-    if p == 0:
-        return x
-    n = tf.shape(x)[0]
-    size = x.shape[1]
-    return crop(pad_reflect(x, p), tf.fill([n], p - dy), tf.fill([n], p - dx), size)
-
-
 def alternating_flip(flip_bits: tf.Tensor, epoch) -> tf.Tensor:
     """The derandomised flip: an image flipped in epoch 0 is unflipped in epoch 1, and so on.
 

@@ -35,23 +35,35 @@ loop a mid-epoch checkpoint resumes at the very next step, with the same batches
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import math
+import os
 import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from cifarlab.errors import CifarlabError
-from cifarlab.fileio import atomic_path
+from cifarlab.fileio import atomic_path, fresh_dir, write_json
 from cifarlab.training.signals import Interrupted, StopRequest
 
 FOLDER = "checkpoint"
+# Written when a run claims its folder: only a folder holding it is ever resumed (a Hugging Face
+# model folder has a config.json too). ``format`` changes when run directories change incompatibly.
+MARKER = ".cifarlab-run"
+MARKER_FORMAT = 1
+# Held (flock) for the run's lifetime; holds the pid of the run that holds it.
+LOCK = ".cifarlab-run.lock"
+# What a run writes before its first checkpoint: all a failure then removes, and only if this attempt made it.
+EARLY_FILES = ("config.json", "tensorboard", FOLDER, MARKER, LOCK)
 FILE = "latest.weights.h5"
 STATE_ATTR = "cifarlab_state"
 ARRAYS_GROUP = "cifarlab_arrays"  # extra state arrays (the fast loop's momentum buffers)
@@ -63,7 +75,7 @@ DEFAULT_EVERY_STEPS = 500
 # would silently mix two trainings, so it is refused. (--strategy, --devices, --quiet and
 # --checkpoint-every may change between attempts.)
 MUST_MATCH = ("model", "recipe", "data", "dataset", "epochs", "batch_size", "lr", "precision", "seed",
-              "deterministic", "limit", "validate_on", "val_fraction", "coarse")
+              "deterministic", "limit", "validate_on", "val_fraction", "coarse", "overrides")
 
 
 class NonFiniteLoss(CifarlabError):
@@ -88,51 +100,195 @@ def read_state(run_dir: str | Path) -> dict | None:
         return None
     try:
         with h5py.File(p, "r") as f:
-            return json.loads(f.attrs[STATE_ATTR])
+            state = json.loads(f.attrs[STATE_ATTR])
     except (OSError, KeyError, ValueError) as e:
         raise CifarlabError(f"{p}: unreadable checkpoint ({e}); move it away to start the run afresh") from None
+    problem = _state_problem(state)
+    if problem:
+        raise CifarlabError(f"{p}: unreadable checkpoint ({problem}); move it away to start the run afresh")
+    return state
 
 
-def claim(out: Path, request: dict, chief: bool = True) -> bool:
-    """Make ``out`` ready for a run; True when it holds an interrupted run to resume.
+def _state_problem(state) -> str | None:
+    """What is wrong with a checkpoint's JSON state (words), or None: the fields every resume reads."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
-    A completed run (``metrics.json`` present) is never touched. An interrupted one
-    (``config.json`` but no ``metrics.json``) is resumed if it was started with the same
-    settings. Any other non-empty folder is refused. Only the chief checks and creates.
+    if not isinstance(state, dict):
+        return "its state is not a JSON object"
+    if not whole(state.get("epoch")) or not whole(state.get("step")):
+        return "epoch and step must be whole numbers"
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "history must be a list of epochs"
+    if state.get("trainer") == "fast":
+        kinds = {"shuffle_rng": dict, "augment_rng": list, "sums": list, "steps_per_epoch": int}
+        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+        if wrong:
+            return f"{', '.join(wrong)} missing or of the wrong type"
+    rng = state.get("rng")  # Keras' fit path; a resume without it is refused where it is read
+    if rng is not None and not (isinstance(rng, dict) and isinstance(rng.get("numpy"), list)
+                                and len(rng["numpy"]) == 5 and isinstance(rng.get("python"), list)
+                                and len(rng["python"]) == 3):
+        return "rng must hold the numpy and Python generator states"
+    return None
+
+
+@dataclass
+class Claim:
+    """A run directory claimed by :func:`claim`: where it is and what this attempt may remove.
+
+    ``resuming``: it holds an earlier attempt of the same run. ``created``: this attempt made
+    the folder. ``existed``: the names in it before this attempt. Call :meth:`release` when the
+    run ends (the lock also goes when the process dies, ``kill -9`` included).
     """
+
+    out: Path
+    resuming: bool = False
+    created: bool = False
+    existed: frozenset = frozenset()
+    lock_fd: int | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # closing the file releases its flock
+            self.lock_fd = None
+
+
+def claim(out: Path, request: dict, chief: bool = True, fresh: bool = False) -> Claim:
+    """Make ``out`` ready for a run and lock it for the run's lifetime.
+
+    ``fresh``: ``out`` is a default name; a new folder is made beside it if it exists
+    (``out-2``, ...). Otherwise a missing or empty ``out`` is a new run; a folder with this
+    program's marker (:data:`MARKER`) is an interrupted run, resumed if it was started with the
+    same settings; a completed run (``metrics.json``), a folder in use by another run and any
+    other non-empty folder are refused, before anything is written. Only the chief checks and creates.
+    """
+    out = Path(out)
     if not chief:
         # Other workers neither check nor create: the chief does, and is writing there right now.
-        return False
+        return Claim(out)
+    if fresh:
+        out = fresh_dir(out)
+        return _start(Claim(out, created=True))
     if (out / "metrics.json").exists():
         raise CifarlabError(f"{out} holds a completed run; choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / "config.json").is_file():
-            raise CifarlabError(f"{out} already exists and is not a cifarlab run directory; choose another --out")
-        try:
-            before = json.loads((out / "config.json").read_text()).get("request", {})
-        except (OSError, ValueError) as e:
-            raise CifarlabError(f"{out}/config.json is unreadable ({e}); choose another --out") from None
-        diff = [f"--{k.replace('_', '-')} {before.get(k)!r} then, {request.get(k)!r} now"
-                for k in MUST_MATCH if k in before and before.get(k) != request.get(k)]
-        if diff:
-            raise CifarlabError(f"{out} holds an interrupted run started with other settings ({'; '.join(diff)}); "
-                                "resume it with the same settings or choose another --out")
-        return True
+    if out.exists() and not out.is_dir():
+        raise CifarlabError(f"{out} already exists and is not a folder; choose another --out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        names = frozenset(os.listdir(out)) if out.is_dir() else frozenset()
     except OSError as e:
-        raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
-    return False
+        raise CifarlabError(f"cannot read run directory {out}: {e.strerror or e}") from None
+    if names <= {LOCK}:  # new, empty, or left by an attempt killed before it wrote its marker
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
+        return _start(Claim(out, created=created, existed=names))
+    if MARKER not in names:
+        where = " beside its config.json" if "config.json" in names else " in it"
+        raise CifarlabError(f"{out} already exists and was not made by cifarlab train (no {MARKER} marker{where}); "
+                            "choose another --out")
+    _read_marker(out)
+    run = Claim(out, resuming=True, existed=names)
+    run.lock_fd = _lock(out)
+    try:  # checked again under the lock: another run may have finished or written it meanwhile
+        if (out / "metrics.json").exists():
+            raise CifarlabError(f"{out} holds a completed run; choose another --out")
+        _check_same_settings(out, request)
+        read_state(out)  # a damaged checkpoint fails now, before this attempt writes anything
+    except BaseException:
+        run.release()
+        raise
+    return run
 
 
-def after_failure(out: Path, created: bool) -> None:
-    """On an error: keep a directory that holds a checkpoint (the same command resumes it);
-    remove one this attempt created that has nothing worth keeping."""
-    if created and not path(out).exists():
-        shutil.rmtree(out, ignore_errors=True)
+def _start(run: Claim) -> Claim:
+    """Lock a new, empty run directory and mark it as this program's."""
+    run.lock_fd = _lock(run.out)
+    try:
+        write_json(run.out / MARKER, {"format": MARKER_FORMAT, "program": "cifarlab train"})
+    except BaseException:
+        after_failure(run)
+        run.release()
+        raise
+    return run
+
+
+def _read_marker(out: Path) -> None:
+    try:
+        marker = json.loads((out / MARKER).read_text())
+        version = marker["format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CifarlabError(f"{out / MARKER} is unreadable ({type(e).__name__}); choose another --out") from None
+    if version != MARKER_FORMAT:
+        raise CifarlabError(f"{out / MARKER}: run directory format {version!r}, this cifarlab reads format "
+                            f"{MARKER_FORMAT}; choose another --out")
+
+
+def _check_same_settings(out: Path, request: dict) -> None:
+    if not (out / "config.json").is_file():
+        return  # stopped before it wrote its config: nothing to compare
+    try:
+        before = json.loads((out / "config.json").read_text()).get("request", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise CifarlabError(f"{out}/config.json is unreadable ({e}); choose another --out") from None
+    diff = [f"--{k.replace('_', '-')} {before.get(k)!r} then, {request.get(k)!r} now"
+            for k in MUST_MATCH if k in before and before.get(k) != request.get(k)]
+    if diff:
+        raise CifarlabError(f"{out} holds an interrupted run started with other settings ({'; '.join(diff)}); "
+                            "resume it with the same settings or choose another --out")
+
+
+def _lock(out: Path) -> int:
+    """An exclusive flock on ``out/LOCK`` (holding this pid); refused with the holder's pid when taken."""
+    lock = out / LOCK
+    for _ in range(10):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CifarlabError(f"cannot write run directory {out}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise CifarlabError(f"cannot lock run directory {out}: {e.strerror or e}") from None
+            try:
+                pid = lock.read_text().strip() or "unknown"
+            except OSError:
+                pid = "unknown"
+            raise CifarlabError(f"{out} is in use by another cifarlab run (pid {pid}); wait for it to end "
+                                "or choose another --out") from None
+        try:  # the holder may have removed the file as we opened it: then lock the new one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise CifarlabError(f"cannot lock run directory {out}: its lock file keeps changing")
+
+
+def after_failure(run: Claim) -> None:
+    """On an error: keep a directory that holds a checkpoint (the same command resumes it).
+    Without one, remove what this attempt made: the whole folder if it made the folder, else only
+    the files of :data:`EARLY_FILES` that were not there before; never anything else."""
+    if run.lock_fd is None and not run.created or path(run.out).exists():
+        return
+    if run.created:
+        shutil.rmtree(run.out, ignore_errors=True)
+        return
+    for name in EARLY_FILES:
+        p = run.out / name
+        if name in run.existed or not (p.exists() or p.is_symlink()):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def finish(out: Path) -> None:
@@ -225,10 +381,9 @@ def _checkpoint_bytes(model, state: dict, arrays: dict[str, np.ndarray] | None) 
     error, and at exit a crash (SIGSEGV) when it retries flushing the file it could not close.
     """
     import h5py
-    from keras.src.saving import saving_lib
 
     buf = _NamedBuffer()
-    saving_lib.save_weights_only(model, buf)
+    model.save_weights(buf)  # Keras writes to any file object whose name ends in .weights.h5
     with h5py.File(buf, "a") as f:
         f.attrs[STATE_ATTR] = json.dumps(state)
         for name, value in (arrays or {}).items():
@@ -323,6 +478,14 @@ class Checkpointer(keras.callbacks.Callback):
             write(self.run_dir, self.model, state, previous=self.last_saved)
         self.last_saved = state
 
+    def initial_epoch(self, epochs: int) -> int:
+        """``fit(initial_epoch=...)`` for a run of ``epochs``: 0 afresh, else the epoch after the checkpoint's
+        last (``epochs`` if early stopping had ended it: nothing more to train)."""
+        state = read_state(self.run_dir)
+        if state is None:
+            return 0
+        return epochs if state.get("stopped_early") else state["epoch"]
+
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         state = read_state(self.run_dir)
@@ -334,7 +497,11 @@ class Checkpointer(keras.callbacks.Callback):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             load_weights(self.run_dir, model)
-        _set_rng_state(state["rng"])
+        try:
+            _set_rng_state(state["rng"])
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+            raise CifarlabError(f"{path(self.run_dir)}: unreadable checkpoint (its random-generator state: "
+                                f"{type(e).__name__}); move it away to start the run afresh") from None
         self.rows = list(state["history"])
         self.epochs_done = state["epoch"]
         self._stopped_early = bool(state.get("stopped_early"))
@@ -342,9 +509,6 @@ class Checkpointer(keras.callbacks.Callback):
         if es is not None and saved_es:
             es.wait, es.best_epoch, es.stopped_epoch = saved_es["wait"], saved_es["best_epoch"], saved_es["stopped_epoch"]
             es.best = saved_es["best"]
-        # fit() reads this after on_train_begin: the first epoch it runs.
-        epochs = self.params.get("epochs", 0)
-        model._initial_epoch = epochs if self._stopped_early else self.epochs_done
         self.resumed_from = self.last_saved = state
         if self.writes:
             resuming_notice(state)

@@ -2,9 +2,9 @@
 
 ``cifarlab train --strategy`` picks a :mod:`tf.distribute` strategy:
 
-- ``auto``: ``multiworker`` when ``TF_CONFIG`` names more than one worker, else
-  ``mirrored`` when there is more than one GPU (or ``--devices N`` asks for N), else
-  TensorFlow's default single-device strategy.
+- ``auto``: ``mirrored`` when there is more than one GPU (or ``--devices N`` asks for N),
+  else TensorFlow's default single-device strategy. Never multi-worker: a ``TF_CONFIG`` left
+  in the environment is ignored, with a one-line warning (joining a cluster is an opt-in).
 - ``mirrored``: :class:`tf.distribute.MirroredStrategy` over the local GPUs (the first
   ``--devices N`` of them). Without GPUs it splits the CPU into ``--devices N``
   *logical* CPU devices (default 2): no faster, but the same code path as GPUs, for
@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from cifarlab.errors import CifarlabError
@@ -149,15 +150,17 @@ def setup(kind: str = "auto", devices: int | None = None) -> Placement:
         return _setup_keras_distribution(backend, kind, devices)
     import tensorflow as tf
 
-    cluster = tf_config()
-    n_workers = len(cluster["cluster"]["worker"]) if cluster else 0
     if kind == "auto":
+        if os.environ.get("TF_CONFIG"):
+            print("cifarlab: warning: TF_CONFIG is set but ignored: this run trains on this machine alone "
+                  "(--strategy multiworker joins the cluster it names)", file=sys.stderr, flush=True)
         gpus = tf.config.list_physical_devices("GPU")
-        kind = "multiworker" if n_workers > 1 else ("mirrored" if len(gpus) > 1 or (devices or 1) > 1 else "default")
+        kind = "mirrored" if len(gpus) > 1 or (devices or 1) > 1 else "default"
     if kind == "default":
         return Placement(tf.distribute.get_strategy(), "default", 1)
     if kind == "mirrored":
         return Placement(tf.distribute.MirroredStrategy(_local_devices(devices)), "mirrored", 0).fix_replicas()
+    cluster = tf_config()
     if cluster is None:
         raise CifarlabError("--strategy multiworker needs TF_CONFIG describing the cluster "
                             "(or start the workers with `cifarlab launch --workers N -- train ...`)")

@@ -29,11 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from cifarlab.inference.predict import softmax
+from cifarlab.inference.tta import EVAL_BATCH, tta_predict, view
 from cifarlab.models.fast import init_whitening, logits_model
-from cifarlab.training import augment, ops, portable
-from cifarlab.training.portable import EvalPoint, FastResult, lr_factor  # noqa: F401 - also this module's API
-
-EVAL_BATCH = 1000
+from cifarlab.training import augment, loop, ops
+from cifarlab.training.loop import EvalPoint, FastResult, lr_factor  # noqa: F401 - also this module's API
 
 
 class FastTrainer:
@@ -46,7 +45,7 @@ class FastTrainer:
     """
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
-                 forward: str = "ops", placement=None):
+                 forward: str = "ops", placement=None, jit_compile: bool = False):
         from cifarlab.errors import CifarlabError
 
         # placement (training.distribute.Placement): None or "default" is the one-device loop;
@@ -66,8 +65,8 @@ class FastTrainer:
                                 f"replicas; choose a --batch-size that is a multiple of {replicas}")
         self.steps_per_epoch = n // self.batch_size
         self.rng = np.random.default_rng(seed)
-        if recipe.whiten_init_images:
-            sample = self.rng.choice(n, min(n, recipe.whiten_init_images), replace=False)
+        if recipe.options.whiten_init_images:
+            sample = self.rng.choice(n, min(n, recipe.options.whiten_init_images), replace=False)
             init_whitening(model, x_train[np.sort(sample)])
         self.x = tf.constant(x_train, dtype=tf.uint8)
         self.y = tf.constant(y_train, dtype=tf.int32)
@@ -84,8 +83,8 @@ class FastTrainer:
                 continue
             is_bias = len(v.shape) == 1
             self.vars.append(v)
-            self.lr_mult.append(recipe.bias_lr_scale if is_bias else 1.0)
-            self.wd.append(recipe.weight_decay / (recipe.bias_lr_scale if is_bias else 1.0))
+            self.lr_mult.append(recipe.options.bias_lr_scale if is_bias else 1.0)
+            self.wd.append(recipe.options.weight_decay / (recipe.options.bias_lr_scale if is_bias else 1.0))
             self.is_whiten_bias.append(path.startswith("whiten/"))
         if recipe.optimizer not in ("sgd", "muon"):
             raise ValueError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
@@ -94,7 +93,7 @@ class FastTrainer:
         bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         bn_stats = [(v, layer.momentum) for layer in bn_layers for v in (layer.moving_mean, layer.moving_variance)]
         self.bn_momentum = {v.path: momentum for v, momentum in bn_stats}
-        # Lookahead's slow copy and the weight average cover everything a forward pass reads that
+        # The weight average covers everything a forward pass reads that
         # training changes, the batch-norm running statistics included (airbench averages its whole state).
         self.averaged = self.vars + [v for v, _ in bn_stats]
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():  # mirrored under a strategy
@@ -104,19 +103,12 @@ class FastTrainer:
             self.seen = tf.Variable(0.0, trainable=False)
             self.stop_votes = tf.Variable(0.0, trainable=False)  # workers that saw a signal (multi-worker)
             self.ema = ([tf.Variable(tf.cast(v, tf.float32), trainable=False) for v in self.averaged]
-                        if recipe.ema_decay else [])
+                        if recipe.options.ema_decay else [])
             self.ema_count = tf.Variable(0.0, trainable=False)
-        if recipe.lookahead_every and self.strategy:
-            raise CifarlabError("the fast loop's lookahead trains on one device only; "
-                                "set lookahead_every=0 to train distributed")
-        self.slow = ([tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.averaged]
-                     if recipe.lookahead_every else [])
-        self.slow_on = False
         self.ema_in_model = False  # True once fit() has left the averaged weights in the model
-        jit = bool(recipe.jit_compile)
-        # No AutoGraph: every branch and loop in these functions is on Python values (recipe fields,
-        # static shapes), so there is nothing for it to convert, and its source-to-source pass was
-        # 1.0 of the 1.3 s it took to trace a step (quick: a sixth of its time to 65 %).
+        jit = bool(jit_compile)  # off: XLA's CPU convolutions bypass oneDNN (benchmarks/profile_step.py --jit)
+        # No AutoGraph: every branch and loop here is on Python values (recipe fields, static shapes),
+        # so it has nothing to convert, and its pass took most of the time to trace a step.
         function = functools.partial(tf.function, autograph=False)
         if self.strategy is None:
             self._step = function(self._train_step, jit_compile=jit)
@@ -125,43 +117,42 @@ class FastTrainer:
         else:  # no XLA: a strategy's replica function and merge call do not compile as one cluster
             self._step = function(self._distributed_step)
         self._logits = function(self._eval_logits, jit_compile=jit)
-        self._lookahead = function(self._lookahead_step)
 
     # -- the compiled parts -------------------------------------------------------------------
 
     def _draws(self, n, crop: int = 0):
         """The random numbers of ``n`` images' augmentation: (random flips int32 ``(n,)`` or None,
         window offsets int32 ``(2, n)`` or None), drawn from ``self.gen`` in that order. The offsets
-        are translations (``recipe.translate``) or, with ``crop``, the corners of ``crop``-pixel windows."""
+        are translations (``recipe.options.translate``) or, with ``crop``, the corners of ``crop``-pixel windows."""
         r = self.recipe
-        flips = self.gen.uniform([n], 0, 2, dtype=tf.int32) if r.flip == "random" else None
+        flips = self.gen.uniform([n], 0, 2, dtype=tf.int32) if r.options.flip == "random" else None
         if crop:
             shifts = augment.window_draws(self.gen, n, self.x.shape[1], crop)
         else:
-            shifts = augment.translate_draws(self.gen, n, r.translate) if r.translate else None
+            shifts = augment.translate_draws(self.gen, n, r.options.translate) if r.options.translate else None
         return flips, shifts
 
     def _augment(self, xb, flips, epoch, draws, crop: int = 0):
         r = self.recipe
-        if r.flip == "alternating":
+        if r.options.flip == "alternating":
             xb = augment.flip_where(xb, augment.alternating_flip(flips, epoch))
-        elif r.flip == "random":
+        elif r.options.flip == "random":
             xb = augment.flip_where(xb, draws[0] == 1)
         if crop:
             return augment.crop(xb, draws[1][0], draws[1][1], crop)
-        return augment.shift(xb, r.translate, draws[1]) if r.translate else xb
+        return augment.shift(xb, r.options.translate, draws[1]) if r.options.translate else xb
 
     def _crop_at(self, step: int, total: int) -> int:
-        """The window size step ``step`` of ``total`` trains on, by ``recipe.crops``, or 0 for whole images
+        """The window size step ``step`` of ``total`` trains on, by ``recipe.options.crops``, or 0 for whole images
         (a Python int, so each size compiles its own step)."""
-        return portable.crop_at(self.recipe, step, total)
+        return loop.crop_at(self.recipe, step, total)
 
     def _trained(self, whiten_bias_on: bool) -> list[int]:
         """Indices into ``self.vars`` of what a step trains: all, or all but the frozen whitening bias.
 
         A Python bool, so each value compiles its own step: once the whitening bias is frozen its
         gradient is not asked for, and TensorFlow drops the backward pass through the first 3x3 conv
-        to its input (24 channels at 31x31, 0.1 s of a 2.1 s step here) that only that gradient needs.
+        to its input that only that gradient needs.
         """
         return [k for k in range(len(self.vars)) if whiten_bias_on or not self.is_whiten_bias[k]]
 
@@ -169,14 +160,14 @@ class FastTrainer:
         """The hand-written step of variable ``k`` (``v``, its momentum ``buf``, gradient ``g``): Muon or Nesterov SGD."""
         r = self.recipe
         if self.is_muon[k]:
-            return self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.muon_lr / r.learning_rate))
+            return self._muon_update(v, tf.cast(g, tf.float32), buf, lr * (r.options.muon_lr / r.learning_rate))
         step_lr = lr * self.lr_mult[k]
         g = tf.cast(g, tf.float32) + self.wd[k] * v  # weight decay through the momentum, as airbench's SGD does
-        buf.assign(r.momentum * buf + g)
-        v.assign_sub(step_lr * (g + r.momentum * buf) if r.nesterov else step_lr * buf)
+        buf.assign(r.options.momentum * buf + g)
+        v.assign_sub(step_lr * (g + r.options.momentum * buf) if r.options.nesterov else step_lr * buf)
 
     def _loss(self, logits, yb):
-        eps = self.recipe.label_smoothing
+        eps = self.recipe.options.label_smoothing
         logp = tf.nn.log_softmax(logits)
         target = tf.one_hot(yb, self.num_classes) * (1 - eps) + eps / self.num_classes
         return -tf.reduce_mean(tf.reduce_sum(target * logp, axis=1))
@@ -205,7 +196,7 @@ class FastTrainer:
 
     def _ema_mix(self, e, v, t):
         """Move the average ``e`` of variable ``v`` toward it, at the ``t``-th update (t >= 1)."""
-        k = tf.minimum(self.recipe.ema_decay, (1.0 + t) / (10.0 + t))
+        k = tf.minimum(self.recipe.options.ema_decay, (1.0 + t) / (10.0 + t))
         return e.assign(k * e + (1.0 - k) * tf.cast(v, tf.float32))
 
     def _muon_update(self, v, g, buf, lr):
@@ -215,24 +206,18 @@ class FastTrainer:
         norm, so fixing it fixes the effective step size), and steps by ``lr`` times an update whose
         singular values are all near 1: every direction of the filter bank learns at the same rate.
         """
-        mu = self.recipe.muon_momentum
+        mu = self.recipe.options.muon_momentum
         buf.assign(mu * buf + g)
         u = g + mu * buf
         c_out = v.shape[-1]
         x = tf.cast(tf.transpose(tf.reshape(u, [-1, c_out])), tf.bfloat16)  # (c_out, kh*kw*c_in): wide
         x = x / (tf.norm(x) + 1e-7)  # top singular value <= 1
         a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients chosen for the steepest slope at 0
-        for _ in range(self.recipe.muon_ns_steps):
+        for _ in range(self.recipe.options.muon_ns_steps):
             m = tf.matmul(x, x, transpose_b=True)
             x = a * x + tf.matmul(b * m + c * tf.matmul(m, m), x)
         update = tf.reshape(tf.transpose(tf.cast(x, tf.float32)), v.shape)
         return v.assign(v * (math.sqrt(c_out) / tf.norm(v)) - lr * update)
-
-    def _lookahead_step(self, rho):
-        """Move the slow weights ``1 - rho`` of the way to the fast ones, then reset the fast ones to them."""
-        for v, slow in zip(self.averaged, self.slow):
-            slow.assign(slow + (1.0 - rho) * (tf.cast(v, tf.float32) - slow))
-            v.assign(tf.cast(slow, v.dtype))
 
     def timed_step(self, idx, wait: bool = True) -> None:
         """One training step on the images at ``idx`` (int32 ``(batch,)`` indices into the training set),
@@ -248,8 +233,8 @@ class FastTrainer:
             self.seen.numpy()
 
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
-        """:func:`cifarlab.training.portable.train_flops` of this trainer's model, recipe and batch."""
-        return portable.train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.x.shape[1])
+        """:func:`cifarlab.training.loop.train_flops` of this trainer's model, recipe and batch."""
+        return loop.train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.x.shape[1])
 
     # -- the same step under a tf.distribute strategy ----------------------------------------
 
@@ -371,7 +356,7 @@ class FastTrainer:
 
     @contextlib.contextmanager
     def _averaged_weights(self):
-        """Within it the model holds the weight average (``recipe.ema_decay``), if any; after it, what it held."""
+        """Within it the model holds the weight average (``recipe.options.ema_decay``), if any; after it, what it held."""
         if not self.ema or self.ema_in_model:
             yield
             return
@@ -386,17 +371,14 @@ class FastTrainer:
             self.ema_in_model = False
 
     def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
-        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored.
+        """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored
+        (:func:`cifarlab.inference.tta.view`): a logits function for :mod:`cifarlab.inference.tta`.
 
-        With ``recipe.ema_decay`` these are the averaged weights' logits."""
+        With ``recipe.options.ema_decay`` these are the averaged weights' logits."""
         out = []
         with self._averaged_weights():
             for i in range(0, len(x), EVAL_BATCH):
-                xb = tf.constant(x[i: i + EVAL_BATCH])
-                if flip:
-                    xb = tf.reverse(xb, axis=[2])
-                xb = augment.translate(xb, dy, dx)
-                out.append(self._logits(xb).numpy())
+                out.append(self._logits(view(tf.constant(x[i: i + EVAL_BATCH]), dy, dx, flip)).numpy())
         return np.concatenate(out)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -404,10 +386,10 @@ class FastTrainer:
         return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
-        """float32 probabilities with test-time augmentation (``recipe.tta``, ``recipe.tta_share``:
-        :func:`cifarlab.training.portable.tta_probabilities`)."""
+        """float32 probabilities with test-time augmentation: ``recipe.options.tta`` on ``recipe.options.tta_share`` of
+        the images, by :func:`cifarlab.inference.tta.tta_predict` on this loop's compiled logits."""
         with self._averaged_weights():  # once for all passes
-            return portable.tta_probabilities(self.logits, x, self.recipe.tta, self.recipe.tta_share)
+            return tta_predict(self.logits, x, self.recipe.options.tta, self.recipe.options.tta_share)
 
     def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
             on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
@@ -430,7 +412,7 @@ class FastTrainer:
         with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
         A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
         ``progress`` shows a per-epoch progress bar with an ETA (steps only: reading the loss
-        every step would cost a host sync). With ``recipe.ema_decay`` every evaluation uses the
+        every step would cost a host sync). With ``recipe.options.ema_decay`` every evaluation uses the
         weight average, and the model holds it when ``fit`` returns.
         """
         from cifarlab.training import checkpoint
@@ -480,11 +462,11 @@ class FastTrainer:
             epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
             order = self.rng.permutation(len(self.flip_bits))
             ep = tf.constant(epoch, tf.int32)
-            wb = epoch < r.whiten_bias_epochs  # a Python bool: see _trained
+            wb = epoch < r.options.whiten_bias_epochs  # a Python bool: see _trained
             t0 = time.perf_counter()
             bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
             for s in range(first, epoch_steps):
-                lr = r.learning_rate * lr_factor(step, total, r.warmup_fraction, r.lr_start_factor, r.lr_end_factor)
+                lr = r.learning_rate * lr_factor(step, total, r.options.lr_end_factor)
                 idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
                 crop = self._crop_at(step, total)
                 if agree:  # the step sums every worker's signal flag; each reads the same total
@@ -498,14 +480,6 @@ class FastTrainer:
                     bar.update(s + 1)
                 step += 1
                 steps_here += 1
-                if r.lookahead_every and epoch >= r.lookahead_start_epoch and step % r.lookahead_every == 0:
-                    if not self.slow_on:  # the slow weights start where the net is
-                        for v, slow in zip(self.averaged, self.slow):
-                            slow.assign(v)
-                        self.slow_on = True
-                    else:
-                        rho = r.lookahead_decay ** r.lookahead_every * (step / total) ** r.lookahead_power
-                        self._lookahead(tf.constant(rho, tf.float32))
                 if stopping and s + 1 < epoch_steps:
                     if run_dir is not None:
                         save(epoch, s + 1, epoch_rng)
@@ -521,8 +495,6 @@ class FastTrainer:
                     clock += time.perf_counter() - t0
                     log_eval(epoch + (s + 1) / self.steps_per_epoch)
                     t0 = time.perf_counter()
-            if self.slow_on:  # each epoch ends on the slow weights (rho = 1: the net takes them as they are)
-                self._lookahead(tf.constant(1.0, tf.float32))
             seen = float(self.seen.numpy())  # the one host sync of the epoch
             clock += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "loss": float(self.loss_sum.numpy()) / seen,
@@ -565,14 +537,12 @@ class FastTrainer:
                 "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
                 "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
                 "sums": [float(v.numpy()) for v in (self.loss_sum, self.correct, self.seen)],
-                "lookahead_on": self.slow_on, "ema_count": float(self.ema_count.numpy()),
+                "ema_count": float(self.ema_count.numpy()),
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         # The hand-written optimizer's momentum buffers; the model file holds the rest.
         arrays = {f"momentum_{i:03d}": b.numpy() for i, b in enumerate(self.bufs)}
-        if self.slow_on:
-            arrays.update({f"slow_{i:03d}": v.numpy() for i, v in enumerate(self.slow)})
         arrays.update({f"ema_{i:03d}": e.numpy() for i, e in enumerate(self.ema)})
         return arrays
 
@@ -588,10 +558,6 @@ class FastTrainer:
         arrays = checkpoint.read_arrays(run_dir)
         for i, b in enumerate(self.bufs):
             b.assign(arrays[f"momentum_{i:03d}"])
-        self.slow_on = bool(state.get("lookahead_on"))
-        if self.slow_on:
-            for i, v in enumerate(self.slow):
-                v.assign(arrays[f"slow_{i:03d}"])
         for i, (e, v) in enumerate(zip(self.ema, self.averaged)):  # a checkpoint without them: start afresh
             e.assign(arrays[f"ema_{i:03d}"] if f"ema_{i:03d}" in arrays else tf.cast(v, tf.float32))
         self.ema_count.assign(state.get("ema_count", 0.0))

@@ -29,21 +29,17 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 @keras.saving.register_keras_serializable(package="cifarlab")
-class Triangular(keras.optimizers.schedules.LearningRateSchedule):
-    """``base`` times a factor going ``start`` -> 1 over the first ``warmup`` of ``total`` steps, then -> ``end``."""
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """``base`` at step 0, falling linearly to ``base * end`` at step ``total`` (the fast loop's ``lr_factor``)."""
 
-    def __init__(self, base: float, total: int, warmup: float = 0.0, start: float = 1.0, end: float = 1.0):
-        self.base, self.total, self.warmup, self.start, self.end = float(base), int(total), warmup, start, end
+    def __init__(self, base: float, total: int, end: float = 1.0):
+        self.base, self.total, self.end = float(base), int(total), float(end)
 
     def __call__(self, step):
-        t = ops.cast(step, "float32") / max(self.total, 1)
-        down = 1 + (self.end - 1) * (t - self.warmup) / max(1 - self.warmup, 1e-9)
-        if self.warmup > 0:
-            down = ops.where(t < self.warmup, self.start + (1 - self.start) * t / self.warmup, down)
-        return self.base * down
+        return self.base * (1 + (self.end - 1) * (ops.cast(step, "float32") / max(self.total, 1)))
 
     def get_config(self):
-        return {"base": self.base, "total": self.total, "warmup": self.warmup, "start": self.start, "end": self.end}
+        return {"base": self.base, "total": self.total, "end": self.end}
 
 
 @keras.saving.register_keras_serializable(package="cifarlab")
@@ -117,9 +113,8 @@ class Muon(keras.optimizers.Optimizer):
 
 def from_recipe(recipe, total_steps: int) -> Muon:
     """The optimizer of a fast-loop recipe (``optimizer`` "muon" or "sgd") over ``total_steps`` steps."""
-    schedule = Triangular(recipe.learning_rate, total_steps, recipe.warmup_fraction,
-                          recipe.lr_start_factor, recipe.lr_end_factor)
-    return Muon(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-                bias_lr_scale=recipe.bias_lr_scale, muon=recipe.optimizer == "muon",
-                muon_scale=recipe.muon_lr / recipe.learning_rate, muon_momentum=recipe.muon_momentum,
-                ns_steps=recipe.muon_ns_steps)
+    o = recipe.options
+    return Muon(LinearDecay(recipe.learning_rate, total_steps, o.lr_end_factor), momentum=o.momentum,
+                nesterov=o.nesterov, weight_decay=o.weight_decay, bias_lr_scale=o.bias_lr_scale,
+                muon=recipe.optimizer == "muon", muon_scale=o.muon_lr / recipe.learning_rate,
+                muon_momentum=o.muon_momentum, ns_steps=o.muon_ns_steps)

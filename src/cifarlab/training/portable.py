@@ -27,7 +27,6 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
@@ -35,38 +34,9 @@ import numpy as np
 from keras import ops
 
 from cifarlab.inference.predict import softmax
-from cifarlab.inference.tta import uncertain
-from cifarlab.models.fast import init_whitening, logits_model, model_flops
-
-EVAL_BATCH = 1000
-
-
-def lr_factor(step: int, total: int, warmup: float, start: float, end: float) -> float:
-    """Triangular schedule: ``start`` -> 1 linearly over the first ``warmup`` of ``total`` steps, then -> ``end``."""
-    t = step / max(total, 1)
-    if warmup > 0 and t < warmup:
-        return start + (1 - start) * t / warmup
-    return 1 + (end - 1) * (t - warmup) / max(1 - warmup, 1e-9)
-
-
-@dataclass
-class EvalPoint:
-    """Accuracy measured during training; ``train_seconds`` excludes time spent evaluating."""
-
-    step: int
-    epoch: float
-    train_seconds: float
-    accuracy: float
-
-
-@dataclass
-class FastResult:
-    history: list[dict] = field(default_factory=list)  # one dict per epoch
-    evals: list[EvalPoint] = field(default_factory=list)
-    train_seconds: float = 0.0
-    steps: int = 0
-    images: int = 0
-
+from cifarlab.inference.tta import EVAL_BATCH, tta_predict
+from cifarlab.models.fast import init_whitening, logits_model
+from cifarlab.training.loop import EvalPoint, FastResult, crop_at, train_flops
 
 # -- augmentation as index arithmetic (host side) and one gather (in the step) ------------------
 
@@ -99,42 +69,6 @@ def gather_views(x, rows, cols):
     return ops.take_along_axis(x, cols[:, None, :, None], axis=2)
 
 
-def crop_at(recipe, step: int, total: int) -> int:
-    """The window size step ``step`` of ``total`` trains on, by ``recipe.crops``, or 0 for whole images."""
-    return next((size for size, until in recipe.crops if step < round(until * total)), 0)
-
-
-def train_flops(model, recipe, batch_size: int, stop: int, start: int = 0, total: int | None = None,
-                size: int = 32) -> int:
-    """Multiply-add FLOPs of steps ``start`` to ``stop - 1`` of a run of ``total`` steps (default: a whole
-    run of ``stop``), forward + backward counted as 3 forward passes per image, at the window sizes
-    of the progressive resizing."""
-    total = stop if total is None else total
-    sizes = [crop_at(recipe, s, total) or size for s in range(start, stop)]
-    per_image = {s: model_flops(model, s) for s in set(sizes)}
-    return 3 * batch_size * sum(per_image[s] for s in sizes)
-
-
-def tta_probabilities(logits: Callable, x: np.ndarray, mode: str, share: float) -> np.ndarray:
-    """float32 probabilities with test-time augmentation, from ``logits(x, dy, dx, flip)`` (float32 ``(N, K)``).
-
-    ``"flip"``: mean logits of the image and its mirror. ``"flip_translate"``: mean logits of 6
-    views, the image and its shifts by one pixel up-left and down-right, each also mirrored,
-    equally weighted. With ``share`` below 1 only that share of the images, the least confident
-    by the plain pass (:func:`cifarlab.inference.tta.uncertain`), gets the other views.
-    """
-    plain = logits(x, 0, 0, False)
-    if mode == "none":
-        return softmax(plain)
-    idx = uncertain(plain, share)
-    xs = x[idx]
-    views = [plain[idx], logits(xs, 0, 0, True)]
-    if mode == "flip_translate":
-        views += [logits(xs, d, d, f) for d in (-1, 1) for f in (False, True)]
-    plain[idx] = np.mean(views, axis=0)
-    return softmax(plain)
-
-
 def label_smoothed_loss(logits, y, num_classes: int, eps: float):
     """Mean cross-entropy of float32 logits ``(B, K)`` against int labels ``(B,)`` smoothed by ``eps``."""
     logp = ops.log_softmax(logits, axis=-1)
@@ -158,8 +92,6 @@ class PortableTrainer:
 
         if recipe.optimizer not in ("sgd", "muon"):
             raise CifarlabError(f"the fast loop trains with 'sgd' or 'muon', not {recipe.optimizer!r}")
-        if recipe.lookahead_every:
-            raise CifarlabError("lookahead runs in the TensorFlow fast loop only (--backend tensorflow)")
         self.glue = glue()
         self.distribution = placement.strategy if placement is not None and placement.kind == "dataparallel" else None
         self.model, self.recipe = model, recipe
@@ -174,7 +106,7 @@ class PortableTrainer:
         self.steps_per_epoch = n // self.batch_size
         self.size = x_train.shape[1]
         self.n = n
-        self._whiten_images = x_train if recipe.whiten_init_images else None
+        self._whiten_images = x_train if recipe.options.whiten_init_images else None
         self._seed(seed)
         self.x, self.y = self.glue.place((x_train, np.asarray(y_train, np.int32)), self.distribution)
 
@@ -196,7 +128,7 @@ class PortableTrainer:
         n = self.n
         self.rng = np.random.default_rng(seed)
         if self._whiten_images is not None:
-            sample = self.rng.choice(n, min(n, self.recipe.whiten_init_images), replace=False)
+            sample = self.rng.choice(n, min(n, self.recipe.options.whiten_init_images), replace=False)
             init_whitening(self.model, self._whiten_images[np.sort(sample)])
         self.flip_bits = self.rng.integers(0, 2, n).astype(bool)
         self.aug_rng = np.random.default_rng([seed, 1])  # flips (random) and translations / windows
@@ -231,14 +163,14 @@ class PortableTrainer:
             logits, new_stats = self.net.stateless_call(self._all_trainable(values, frozen), stats,
                                                         ops.cast(xb, "float32"), training=True)
             logits = ops.cast(logits, "float32")
-            return label_smoothed_loss(logits, yb, self.num_classes, self.recipe.label_smoothing), (logits, new_stats)
+            return label_smoothed_loss(logits, yb, self.num_classes, self.recipe.options.label_smoothing), (logits, new_stats)
 
         (loss, (logits, stats)), grads = self.glue.value_and_grad(loss_fn)(trained)
         self.optimizer.frozen = set() if whiten_bias_on else self.whiten_bias  # read as the step is traced
         trained, opt = self.glue.apply(self.optimizer, self.trained_vars, opt, grads, trained)
         if ema:
             t = ops.cast(opt[self._iterations_at], "float32")
-            k = ops.minimum(self.recipe.ema_decay, (1.0 + t) / (10.0 + t))
+            k = ops.minimum(self.recipe.options.ema_decay, (1.0 + t) / (10.0 + t))
             ema = [k * e + (1.0 - k) * ops.cast(v, "float32") for e, v in zip(ema, [*trained, *stats])]
         n = ops.cast(ops.shape(yb)[0], "float32")
         correct = ops.sum(ops.cast(ops.cast(ops.argmax(logits, axis=1), "int32") == ops.cast(yb, "int32"), "float32"))
@@ -275,7 +207,7 @@ class PortableTrainer:
 
         trained, stats = np_(self.trained_vars), np_(self.stat_vars)
         if ema is None:
-            ema = [a.astype(np.float32) for a in trained + stats] if self.recipe.ema_decay else []
+            ema = [a.astype(np.float32) for a in trained + stats] if self.recipe.options.ema_decay else []
         self.state = self.glue.place((trained, stats, np_(self.optimizer.variables), list(ema),
                                       np.asarray(sums, np.float32)), self.distribution)
 
@@ -303,7 +235,7 @@ class PortableTrainer:
 
     def logits(self, x: np.ndarray, dy: int = 0, dx: int = 0, flip: bool = False) -> np.ndarray:
         """float32 ``(N, classes)`` logits of uint8 images ``(N, 32, 32, 3)``, optionally shifted/mirrored
-        (with ``recipe.ema_decay``, of the averaged weights). Batches are padded to ``EVAL_BATCH`` so that
+        (with ``recipe.options.ema_decay``, of the averaged weights). Batches are padded to ``EVAL_BATCH`` so that
         one compiled forward pass serves all."""
         trainable, stats = self._eval_values()
         n = len(x)
@@ -324,24 +256,25 @@ class PortableTrainer:
         return softmax(self.logits(x))
 
     def predict_tta(self, x: np.ndarray) -> np.ndarray:
-        """float32 probabilities with test-time augmentation (``recipe.tta``, ``recipe.tta_share``)."""
-        return tta_probabilities(self.logits, x, self.recipe.tta, self.recipe.tta_share)
+        """float32 probabilities with test-time augmentation (``recipe.options.tta`` on ``tta_share`` of the images,
+        by :func:`cifarlab.inference.tta.tta_predict`)."""
+        return tta_predict(self.logits, x, self.recipe.options.tta, self.recipe.options.tta_share)
 
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
         return train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.size)
 
     def _draw_views(self, idx: np.ndarray, epoch: int, window: int):
         r, n = self.recipe, len(idx)
-        if r.flip == "alternating":  # each image mirrored in every other epoch
+        if r.options.flip == "alternating":  # each image mirrored in every other epoch
             flips = self.flip_bits[idx] ^ bool(epoch % 2)
-        elif r.flip == "random":
+        elif r.options.flip == "random":
             flips = self.aug_rng.integers(0, 2, n).astype(bool)
         else:
             flips = np.zeros(n, bool)
         if window:
             dy, dx = self.aug_rng.integers(0, self.size - window + 1, (2, n))
-        elif r.translate:
-            dy, dx = self.aug_rng.integers(-r.translate, r.translate + 1, (2, n))
+        elif r.options.translate:
+            dy, dx = self.aug_rng.integers(-r.options.translate, r.options.translate + 1, (2, n))
         else:
             dy = dx = np.zeros(n, np.int64)
         return view_indices(self.size, flips, dy, dx, window)
@@ -354,7 +287,7 @@ class PortableTrainer:
         With ``run_dir`` the whole state is checkpointed at every epoch end and every
         ``checkpoint_every`` steps (None: ``checkpoint.DEFAULT_EVERY_STEPS``), and a checkpoint found
         there resumes at the very next step; ``stop`` (a ``StopRequest``) ends training after the step
-        in progress with a checkpoint and ``Interrupted``. With ``recipe.ema_decay`` evaluations use
+        in progress with a checkpoint and ``Interrupted``. With ``recipe.options.ema_decay`` evaluations use
         the weight average, and the model holds it when ``fit`` returns.
         """
         from cifarlab.training import checkpoint
@@ -400,7 +333,7 @@ class PortableTrainer:
                 self.state = (*self.state[:4], self.glue.place(np.zeros(3, np.float32), self.distribution))
             epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
             order = self.rng.permutation(len(self.flip_bits)).astype(np.int32)
-            wb = epoch < r.whiten_bias_epochs  # a Python bool: each value compiles its own step
+            wb = epoch < r.options.whiten_bias_epochs  # a Python bool: each value compiles its own step
             t0 = time.perf_counter()
             bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
             for s in range(first, epoch_steps):
@@ -449,7 +382,7 @@ class PortableTrainer:
             if asked():
                 raise checkpoint.interrupted(stop, last_saved, run_dir)
         self._write_variables(averaged=True)  # the run's result is the averaged model, if any
-        self.ema_in_model = bool(r.ema_decay)
+        self.ema_in_model = bool(r.options.ema_decay)
         res.train_seconds = clock
         res.steps = step
         res.images = steps_here * self.batch_size
@@ -507,13 +440,14 @@ def _whole_or_round(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(x, 2)
 
 
-def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None, portable: bool | None = None):
+def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placement=None, on_epoch=None,
+             portable: bool | None = None):
     """Train a ``trainer="fast"`` recipe and write the rest of the run directory (called by ``training.train``).
 
     ``metrics.json`` holds two accuracies: ``test_accuracy``/``test_loss`` are the
     saved model's own predictions (what ``cifarlab evaluate`` reproduces), and
     ``tta_test_accuracy``/``tta_test_loss`` those with test-time augmentation
-    (``recipe.tta``), the figure the fast recipe is judged by.
+    (``recipe.options.tta``), the figure the fast recipe is judged by.
     """
     import pandas as pd
 
@@ -533,7 +467,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     def report(row):
         if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
-            # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.crops) cost less.
+            # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.options.crops) cost less.
             spe, total = trainer.steps_per_epoch, max(1, round(recipe.epochs * trainer.steps_per_epoch))
             end = min(row["epoch"] * spe, total)
             done = trainer.train_flops(end, (row["epoch"] - 1) * spe, total)
@@ -543,6 +477,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
             part = f" ({recipe.epochs - row['epoch'] + 1:.2g} of an epoch)" if row["epoch"] > recipe.epochs else ""
             print(f"epoch {row['epoch']}/{last}{part}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}"
                   f"{val} ({row['seconds']:.1f} s{eta})", flush=True)
+        if on_epoch is not None:  # the caller's hook (training.train's on_epoch), after the checkpoint
+            on_epoch(dict(row))
 
     with StopRequest() as stop:
         result = trainer.fit(recipe.epochs, data.x_val, data.y_val, on_epoch=report, run_dir=out, stop=stop,
@@ -560,8 +496,8 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
     tta = classification_metrics(data.y_test, tta_probs, data.class_names)
     metrics.update(
         accuracy_note="test_accuracy/test_loss: the saved model on the plain test images; "
-                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.tta})",
-        tta=recipe.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
+                      f"tta_test_accuracy/tta_test_loss: with test-time augmentation ({recipe.options.tta})",
+        tta=recipe.options.tta, tta_test_accuracy=tta["test_accuracy"], tta_test_loss=tta["test_loss"],
         epochs=_whole_or_round(result.steps / trainer.steps_per_epoch), train_seconds=round(result.train_seconds, 2),
         eval_seconds=round(eval_seconds, 2), tta_eval_seconds=round(tta_seconds, 2),
         train_images_per_second=round(result.images / max(result.train_seconds, 1e-9), 1),

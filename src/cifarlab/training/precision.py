@@ -9,10 +9,10 @@ models here keep their softmax and the loss in float32.
 from __future__ import annotations
 
 from cifarlab.errors import CifarlabError
+from cifarlab.recipes import PRECISIONS as CHOICES
 
-CHOICES = ("auto", "bf16", "fp16", "fp32")
 # On a CPU with bf16 instructions, whether bf16 trains faster than fp32 on each backend
-# (measured on the quick recipe: benchmarks/RESULTS.md, "Backends").
+# (measured on the quick recipe: benchmarks/RESULTS.md, "backends_precision").
 CPU_BF16_PAYS = {"tensorflow": True, "jax": False, "torch": False}
 POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
 

@@ -47,6 +47,7 @@ def write_run(out: Path, model, config: dict, history, metrics: dict, x_test: np
     metadata. ``x_test`` uint8 ``(N, 32, 32, 3)``, ``y_test`` int ``(N,)``, ``probs`` float32
     ``(N, classes)``: the test probabilities ``metrics`` were computed from, saved for the report.
     """
+    from cifarlab.evaluation.metrics import summary
     from cifarlab.evaluation.report import PREDICTIONS, save_predictions
     from cifarlab.models.io import save_model
     from cifarlab.training import checkpoint
@@ -55,6 +56,7 @@ def write_run(out: Path, model, config: dict, history, metrics: dict, x_test: np
     if "val_accuracy" in history:
         metrics.update(val_accuracy=float(history["val_accuracy"].iloc[-1]),
                        val_loss=float(history["val_loss"].iloc[-1]))
+    metrics["summary"] = summary(metrics)
     data = config["data"]
     meta = {"class_names": data["class_names"], "model": config["model"], "recipe": config["recipe"]["name"],
             "dataset": data["dataset"], "precision": config["precision"], "input": MODEL_INPUT,

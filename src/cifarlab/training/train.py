@@ -15,7 +15,9 @@ Every trainer ends in :func:`cifarlab.training.rundir.write_run`, which writes e
 atomically and ``metrics.json`` last, so a run directory without it never looks complete. While training, ``checkpoint/`` holds the
 latest checkpoint (see ``training.checkpoint``): a run that is killed, interrupted or
 crashes keeps it, and the same command with the same ``--out`` resumes; a run that
-fails before its first checkpoint removes the directory it created.
+fails before its first checkpoint removes what it created (the directory, if it made it).
+``.cifarlab-run`` marks the folder as this program's (only such a folder is resumed) and
+``.cifarlab-run.lock`` is locked by the run in progress (a second run there is refused).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def environment() -> dict:
         "cifarlab": __version__, "python": platform.python_version(), **version(),
         "keras": keras.__version__, "numpy": np.__version__, "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "gpus": [f"compute capability {a}.{b}" for a, b in gpu_capabilities()],
+        "cpu_model": cpu_model(),
     }
 
 
@@ -71,13 +74,28 @@ def deterministic_ops() -> None:
     # JAX: XLA's CPU kernels are deterministic; on GPUs XLA_FLAGS=--xla_gpu_deterministic_ops=true.
 
 
-def train(config: TrainConfig | None = None, **kwargs) -> Run:
+def cpu_model() -> str:
+    """The CPU's marketing name (``lscpu``'s "Model name"), or the architecture where Linux does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train(config: TrainConfig | None = None, on_epoch=None, **kwargs) -> Run:
     """Train, evaluate on the test set once, and write the run directory.
 
     Accepts a :class:`TrainConfig` or its fields as keyword arguments, e.g.
     ``train(recipe="seed", data="cifar-10-binary.tar.gz", limit=2000, epochs=1)``.
+    ``on_epoch(row)``, if given, is called after each epoch's checkpoint with that epoch's
+    history row (``epoch`` from 1, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``);
+    an exception it raises stops the run as any error does (the checkpoint stays).
     """
     from cifarlab.data import load_dataset
+    from cifarlab.data.findings import read_findings
     from cifarlab.training import autotune, checkpoint, distribute
     from cifarlab.training import precision as prec
 
@@ -88,20 +106,27 @@ def train(config: TrainConfig | None = None, **kwargs) -> Run:
     placement.check_batch(recipe.batch_size)
     checkpoint.check_every(cfg.checkpoint_every)
     resolved_precision = prec.resolve(recipe.precision)
+    findings = read_findings(cfg.exclude, cfg.relabel) if cfg.exclude else None
     data = load_dataset(cfg.data, dataset=cfg.dataset, validate_on=cfg.validate_on, val_fraction=cfg.val_fraction,
-                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet)
-    out = Path(cfg.out) if cfg.out else default_run_dir(model_name, recipe.name)
-    resuming = checkpoint.claim(out, asdict(cfg), chief=placement.is_chief)
+                        limit=cfg.limit, coarse=cfg.coarse, seed=cfg.seed, quiet=cfg.quiet, findings=findings)
+    if placement.kind == "multiworker" and not cfg.out:
+        raise CifarlabError("--strategy multiworker needs --out: every worker must name the same run directory")
+    claimed = checkpoint.claim(Path(cfg.out or default_run_dir(model_name, recipe.name)), asdict(cfg),
+                               chief=placement.is_chief, fresh=not cfg.out)
+    out = claimed.out
     try:
-        with autotune.turned_off(not cfg.autotune):
-            run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement)
-    except BaseException as e:
-        if placement.is_chief:
-            checkpoint.after_failure(out, created=not resuming)
-        distribute.raise_if_peer_lost(e, placement, out)
-        raise
-    if cfg.report and placement.is_chief:
-        _write_report(run, data, cfg.quiet)
+        try:
+            with autotune.turned_off(not cfg.autotune):
+                run = _train_in(out, cfg, recipe, spec, data, resolved_precision, placement, on_epoch)
+        except BaseException as e:
+            if placement.is_chief:
+                checkpoint.after_failure(claimed)
+            distribute.raise_if_peer_lost(e, placement, out)
+            raise
+        if cfg.report and placement.is_chief:
+            _write_report(run, data, cfg.quiet)
+    finally:
+        claimed.release()
     return run
 
 
@@ -120,7 +145,7 @@ def _write_report(run: Run, data, quiet: bool) -> None:
         print(f"report: {path}")
 
 
-def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None) -> Run:
+def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, placement=None, on_epoch=None) -> Run:
     from cifarlab.evaluation.metrics import classification_metrics
     from cifarlab.training import checkpoint, distribute
     from cifarlab.training import precision as prec
@@ -151,7 +176,7 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     if recipe.trainer == "fast":  # the compiled custom loop of the fast/quick recipes
         from cifarlab.training.portable import train_in
 
-        return train_in(out, cfg, recipe, spec, data, precision, config, placement)
+        return train_in(out, cfg, recipe, spec, data, precision, config, placement, on_epoch=on_epoch)
 
     with placement.scope():
         model = spec.build(num_classes=data.num_classes)
@@ -160,20 +185,24 @@ def _train_in(out: Path, cfg: TrainConfig, recipe, spec, data, precision: str, p
     callbacks = []
     if cfg.tensorboard:
         callbacks.append(_tensorboard(out))
-    if recipe.early_stopping_patience is not None:
+    if recipe.options.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor, patience=recipe.early_stopping_patience,
-            restore_best_weights=recipe.restore_best_weights))
+            monitor=recipe.options.monitor, patience=recipe.options.early_stopping_patience,
+            restore_best_weights=recipe.options.restore_best_weights))
     verbose = 0 if cfg.quiet or not placement.is_chief else (1 if sys.stdout.isatty() else 2)
     stop = StopRequest()
     ckpt = checkpoint.Checkpointer(out, stop, placement, cfg.checkpoint_every, siblings=list(callbacks))
-    callbacks.append(ckpt)  # last: it records what the other callbacks decided
+    callbacks.append(ckpt)  # it records what the callbacks before it decided
+    if on_epoch is not None:  # after the checkpoint, so stopping here keeps the epoch
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})))
     t0 = time.perf_counter()
     train_batches = batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True, seed=cfg.seed)
     val_batches = batches(data.x_val, data.y_val, 500)  # any size: only the forward pass runs
     with stop:
-        model.fit(train_batches, epochs=recipe.epochs, validation_data=val_batches, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)  # train_batches shuffles itself
+        model.fit(train_batches, epochs=recipe.epochs, initial_epoch=ckpt.initial_epoch(recipe.epochs),
+                  validation_data=val_batches, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # train_batches shuffles itself
     train_seconds = time.perf_counter() - t0
 
     history = ckpt.history_frame()  # every epoch, including those before a resume

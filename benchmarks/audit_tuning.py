@@ -1,0 +1,84 @@
+"""Which cleanlab settings find planted label flips best, on the fold files of a finished audit.
+
+Run ``benchmarks/audit.py --noise-seed N --skip-clean --name audit-tuning`` first (a noise seed
+other than the benchmark's, so the settings are not tuned on the figures they are judged by), then
+
+    .venv/bin/python benchmarks/audit_tuning.py --work DIR --noise-seed N
+
+It reads the out-of-fold probabilities from ``DIR/audit-noisy-seedN/folds/`` (no training), and
+prints precision, recall and F1 against the planted flips for each ``find_label_issues`` setting,
+and writes them to ``results/audit-tuning-methods.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from _common import SHARED_ARCHIVE, record
+from audit import planted_copy
+
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+           "low_self_confidence", "low_normalized_margin")
+
+
+def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
+    tp = int(np.isin(flagged, flipped).sum())
+    p = tp / len(flagged) if len(flagged) else 0.0
+    r = tp / len(flipped)
+    return {"flagged": int(len(flagged)), "precision": round(p, 4), "recall": round(r, 4),
+            "f1": round(2 * p * r / (p + r), 4) if tp else 0.0}
+
+
+def main() -> None:
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from cifarlab.data import load_dataset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
+    ap.add_argument("--noise-seed", type=int, required=True)
+    ap.add_argument("--flips", type=int, default=1000)
+    a = ap.parse_args()
+    work = Path(a.work)
+    noisy = work / f"cifar10-flipped-{a.flips}-seed{a.noise_seed}.tar"
+    flipped = planted_copy(SHARED_ARCHIVE, noisy, a.flips, a.noise_seed)
+    y = load_dataset(noisy, validate_on="test", quiet=True).y_train
+    probs = np.zeros((len(y), 10), dtype=np.float32)
+    for f in sorted((work / f"audit-noisy-seed{a.noise_seed}" / "folds").glob("fold_*.npz")):
+        with np.load(f) as z:
+            probs[z["held_out"]] = z["probs"]
+    rows = []
+    for filter_by in FILTERS:
+        for frac in (1.0, 0.8) if filter_by.startswith("prune") or filter_by == "both" else (1.0,):
+            idx = find_label_issues(y, probs, filter_by=filter_by, frac_noise=frac)
+            flagged = np.flatnonzero(idx) if idx.dtype == bool else np.asarray(idx)
+            rows.append({"filter_by": filter_by, "frac_noise": frac, **scores(flagged, flipped)})
+    for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
+        q = get_label_quality_scores(y, probs, method=method)
+        order = np.argsort(q, kind="stable")
+        for est in ("off_diagonal", "off_diagonal_calibrated"):
+            n = num_label_issues(y, probs, estimation_method=est)
+            rows.append({"filter_by": f"lowest {method}", "count": f"num_label_issues({est}) = {n}",
+                         **scores(order[:n], flipped)})
+        rows.append({"filter_by": f"lowest {method}", "count": f"the planted number ({a.flips})",
+                     **scores(order[:a.flips], flipped)})
+    accuracy = float((probs.argmax(1) == y).mean())
+    for r in rows:
+        print(json.dumps(r))
+    table = ["| find_label_issues setting | flagged | precision | recall | F1 |", "|---|---|---|---|---|"]
+    table += [f"| {r['filter_by']}" + (f", frac_noise {r['frac_noise']}" if "frac_noise" in r else f", {r['count']}")
+              + f" | {r['flagged']:,} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |" for r in rows]
+    record("audit-tuning-methods", {"noise_seed": a.noise_seed, "flips": a.flips, "out_of_fold_accuracy": accuracy,
+                                    "rows": rows},
+           f"`benchmarks/audit_tuning.py --noise-seed {a.noise_seed}`: cleanlab settings on the out-of-fold "
+           f"probabilities of the tuning audit (out-of-fold accuracy {accuracy:.4f}).\n\n" + "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""What keeps one slow or greedy client from starving the others, below the routes.
+
+- :func:`header_deadline_protocol`: uvicorn's HTTP protocol, with a deadline and a
+  size cap for a request's headers. uvicorn times out idle keep-alive connections but
+  not a connection that dribbles its headers (slowloris), which would otherwise hold
+  its socket, and a slot of ``limit_concurrency``, for ever; and with httptools it
+  keeps every header line it is sent, however many.
+- :class:`Admission`: at most ``max_inflight`` inference requests at once in the
+  application; the next one is answered 503 with ``Retry-After`` at once, before its
+  body is read, so overload costs little and the accepted keep their latency. The
+  protocol above checks the same :class:`Gate` as soon as a request's headers are in
+  and answers 503 itself, skipping the whole application stack: under 3x overload
+  most requests are turned away, and that must cost far less than serving one.
+"""
+
+from __future__ import annotations
+
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+# Most bytes of request line and headers; more is a 431 (nginx allows 8-32 kB, Node 16 kB).
+MAX_HEADER_BYTES = 64 * 1024
+_TOO_LARGE = json.dumps({"error": f"request headers over {MAX_HEADER_BYTES:,} bytes", "status": 431}).encode()
+HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                     b"connection: close\r\ncontent-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n\r\n"
+                     + _TOO_LARGE)
+
+
+def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None,
+                             max_header_bytes: int = MAX_HEADER_BYTES) -> type:
+    """An :class:`HttpToolsProtocol` that closes a connection whose request headers take over ``header_timeout_s``.
+
+    The clock starts when the connection opens, or when the first byte of the next
+    request on a keep-alive connection arrives; it stops when the headers are complete.
+    Headers over ``max_header_bytes`` get a 431 and the connection closed. With
+    ``gate``, a request it would turn away is answered 503 right here.
+    """
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _header_timer = None
+        _header_bytes = 0
+        _between = True  # no request message under way: the next byte starts one
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self._between:
+                # the first bytes of a new request on a kept-alive connection (not the rest of the
+                # body of one already answered, say a 413 to an upload still arriving)
+                self._arm()
+            super().data_received(data)
+            if self._header_timer is not None and not self.transport.is_closing():
+                self._header_bytes += len(data)  # still no complete headers: all of it was header bytes
+                if self._header_bytes > max_header_bytes:
+                    self._disarm()
+                    self.transport.write(HEADERS_TOO_LARGE)
+                    self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            self._between = False
+            if gate is not None and gate.full(self.url.split(b"?", 1)[0].decode("latin-1")):
+                app, self.app = self.app, gate.busy
+                try:
+                    super().on_headers_complete()  # runs gate.busy for this request only
+                finally:
+                    self.app = app
+            else:
+                super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._between = True
+            super().on_message_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(header_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+class Gate:
+    """At most ``max_inflight`` requests in progress to paths for which ``limited(path)`` holds.
+
+    Counts what is in progress and how many were turned away; ``busy`` is the 503
+    answer, an ASGI app of its own so that the protocol can run it without the rest
+    (``error_body(path, status, message)`` makes its JSON).
+    """
+
+    def __init__(self, max_inflight: int, limited, error_body):
+        self.max_inflight, self.limited, self.error_body = max_inflight, limited, error_body
+        self.inflight = self.rejected = 0
+
+    def full(self, path: str) -> bool:
+        return self.inflight >= self.max_inflight and self.limited(path)
+
+    async def busy(self, scope, receive, send):
+        self.rejected += 1
+        body = json.dumps(self.error_body(scope["path"], 503, f"server busy ({self.max_inflight} requests "
+                                                              "in progress); retry shortly")).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Admission:
+    """ASGI middleware that keeps to a :class:`Gate`."""
+
+    def __init__(self, app, gate: Gate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send):
+        gate = self.gate
+        if scope["type"] != "http" or not gate.limited(scope["path"]):
+            return await self.app(scope, receive, send)
+        if gate.full(scope["path"]):
+            return await gate.busy(scope, receive, send)
+        gate.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            gate.inflight -= 1
