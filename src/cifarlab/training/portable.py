@@ -260,6 +260,22 @@ class PortableTrainer:
         by :func:`cifarlab.inference.tta.tta_predict`)."""
         return tta_predict(self.logits, x, self.recipe.options.tta, self.recipe.options.tta_share)
 
+    def _train_on(self, idx: np.ndarray, epoch: int, window: int, whiten_bias_on: bool) -> None:
+        """Queue one step on the training images at ``idx`` (int32 ``(batch,)``), seen as in ``epoch``."""
+        rows, cols = self._draw_views(idx, epoch, window)
+        self.state = self._step(self.state, self.frozen, self.x, self.y, ops.convert_to_tensor(idx),
+                                ops.convert_to_tensor(rows), ops.convert_to_tensor(cols),
+                                whiten_bias_on=whiten_bias_on)
+
+    def timed_step(self, idx, wait: bool = True) -> None:
+        """One first-epoch training step on the images at ``idx`` (int32 ``(batch,)``), for benchmarks that
+        time steps rather than train; as ``FastTrainer.timed_step``. Call it after :meth:`fit` (which
+        compiles the step and builds its state): it trains the model on. With ``wait`` it returns once the
+        step has run; without, as soon as it is queued."""
+        self._train_on(np.asarray(idx, np.int32), 0, 0, True)
+        if wait:
+            self._sums()
+
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
         return train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.size)
 
@@ -338,10 +354,7 @@ class PortableTrainer:
             bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
             for s in range(first, epoch_steps):
                 idx = order[s * self.batch_size:(s + 1) * self.batch_size]
-                rows, cols = self._draw_views(idx, epoch, crop_at(r, step, total))
-                self.state = self._step(self.state, self.frozen, self.x, self.y, ops.convert_to_tensor(idx),
-                                        ops.convert_to_tensor(rows), ops.convert_to_tensor(cols),
-                                        whiten_bias_on=wb)
+                self._train_on(idx, epoch, crop_at(r, step, total), wb)
                 if bar is not None:
                     bar.update(s + 1)
                 step += 1
