@@ -239,7 +239,8 @@ def run_cifarlab(args) -> dict:
         t_tta = time.perf_counter()
         probs = trainer.predict_tta(xt)
         seconds = time.perf_counter() - t0
-        share, views = recipe.tta_share, (6 if recipe.tta == "flip_translate" else 2 if recipe.tta == "flip" else 1)
+        opts = recipe.options
+        share, views = opts.tta_share, (6 if opts.tta == "flip_translate" else 2 if opts.tta == "flip" else 1)
         flops = trainer.train_flops(res.steps) + model_flops(trainer.model) * len(xt) * (1 + share * (views - 1))
         runs.append({"seed": seed, "tta_accuracy": float((probs.argmax(1) == yt).mean()),
                      "plain_accuracy": float((trainer.predict(xt).argmax(1) == yt).mean()),
