@@ -497,15 +497,10 @@ class FastTrainer:
                     t0 = time.perf_counter()
             seen = float(self.seen.numpy())  # the one host sync of the epoch
             clock += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "loss": float(self.loss_sum.numpy()) / seen,
-                   "accuracy": float(self.correct.numpy()) / seen}
-            if x_val is not None and len(x_val):
-                probs = self.predict(x_val)
-                p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
-                row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
-            bad = [k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])]
+            row = loop.epoch_row(epoch, self.loss_sum.numpy(), self.correct.numpy(), seen, self.predict, x_val, y_val)
+            bad = loop.non_finite_key(row)
             if bad:  # before any checkpoint of these weights: the last good one stays on disk
-                raise checkpoint.non_finite(row[bad[0]], f"epoch {epoch + 1}", last_saved, run_dir)
+                raise checkpoint.non_finite(row[bad], f"epoch {epoch + 1}", last_saved, run_dir)
             log_eval(epoch + epoch_steps / self.steps_per_epoch)
             row["train_seconds"] = round(clock - epoch_clock, 3)
             row["seconds"] = round(time.perf_counter() - t_epoch, 3)

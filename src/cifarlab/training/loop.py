@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from cifarlab.models.fast import model_flops
 
@@ -49,3 +52,20 @@ def train_flops(model, recipe, batch_size: int, stop: int, start: int = 0, total
     sizes = [crop_at(recipe, s, total) or size for s in range(start, stop)]
     per_image = {s: model_flops(model, s) for s in set(sizes)}
     return 3 * batch_size * sum(per_image[s] for s in sizes)
+
+
+def epoch_row(epoch: int, loss_sum: float, correct: float, seen: float, predict=None, x_val=None, y_val=None) -> dict:
+    """The history row of epoch ``epoch`` (0-based): training loss and accuracy from the epoch's sums, and,
+    with ``x_val`` (uint8 ``(N, 32, 32, 3)``) and ``y_val`` (int ``(N,)``), ``val_loss``/``val_accuracy``
+    of ``predict(x_val)`` (float32 probabilities ``(N, classes)``)."""
+    row = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "accuracy": float(correct) / seen}
+    if x_val is not None and len(x_val):
+        probs = predict(x_val)
+        p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
+        row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
+    return row
+
+
+def non_finite_key(row: dict) -> str | None:
+    """The first of ``loss``/``val_loss`` in ``row`` that is not a finite number, if any."""
+    return next((k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])), None)

@@ -36,7 +36,7 @@ from keras import ops
 from cifarlab.inference.predict import softmax
 from cifarlab.inference.tta import EVAL_BATCH, tta_predict
 from cifarlab.models.fast import init_whitening, logits_model
-from cifarlab.training.loop import EvalPoint, FastResult, crop_at, train_flops
+from cifarlab.training.loop import EvalPoint, FastResult, crop_at, epoch_row, non_finite_key, train_flops
 
 # -- augmentation as index arithmetic (host side) and one gather (in the step) ------------------
 
@@ -376,14 +376,10 @@ class PortableTrainer:
                     t0 = time.perf_counter()
             loss_sum, correct, seen = self._sums()  # the one host sync of the epoch
             clock += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "loss": float(loss_sum / seen), "accuracy": float(correct / seen)}
-            if x_val is not None and len(x_val):
-                probs = self.predict(x_val)
-                p = np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)
-                row.update(val_loss=float(-np.log(p).mean()), val_accuracy=float((probs.argmax(1) == y_val).mean()))
-            bad = [k for k in ("loss", "val_loss") if k in row and not math.isfinite(row[k])]
+            row = epoch_row(epoch, loss_sum, correct, seen, self.predict, x_val, y_val)
+            bad = non_finite_key(row)
             if bad:  # before any checkpoint of these weights: the last good one stays on disk
-                raise checkpoint.non_finite(row[bad[0]], f"epoch {epoch + 1}", last_saved, run_dir)
+                raise checkpoint.non_finite(row[bad], f"epoch {epoch + 1}", last_saved, run_dir)
             log_eval(epoch + epoch_steps / self.steps_per_epoch)
             row["train_seconds"] = round(clock - epoch_clock, 3)
             row["seconds"] = round(time.perf_counter() - t_epoch, 3)
