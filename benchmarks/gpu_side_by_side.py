@@ -31,11 +31,9 @@ import argparse
 import io
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,37 +74,19 @@ def load_pack(path: str | os.PathLike, limit: int | None = None, workers: int | 
 # -- the peer -----------------------------------------------------------------------------------
 
 def run_peer(pack: str, peers: Path, runs: int, python: str, dry_run: bool, limit: int | None) -> dict:
-    """airbench94_muon in a scratch folder, on the same images (its own converter reads the pack)."""
+    """airbench94_muon on the same images (its own converter reads the pack): upstream's script on the GPU,
+    the shipped CPU port in a dry run (``benchmarks/peer.py``, which the CPU benchmarks use too)."""
     sys.path.insert(0, str(HERE))
-    from peer import parse_table  # the same reader of the peer's table as the CPU benchmarks
+    from peer import PeerError
+    from peer import run_peer as run
 
-    with tempfile.TemporaryDirectory(prefix="airbench-") as tmp:
-        work = Path(tmp)
-        (work / "cifar10").mkdir()
-        subprocess.run([python, str(peers / "make_airbench_data.py"), pack, str(work / "cifar10")], check=True,
-                       capture_output=True, text=True)
-        if limit:
-            from peer import _shrink
-            _shrink(work / "cifar10", limit)
-        if dry_run:  # no GPU: the shipped CPU port, which also takes the run count
-            subprocess.run([python, str(peers / "cpu_port.py"), str(peers / "airbench94_muon.py"), str(work)],
-                           check=True, capture_output=True, text=True)
-            script = work / "airbench94_muon_cpu.py"
-        else:
-            src = (peers / "airbench94_muon.py").read_text()
-            if "range(200)" not in src:
-                raise RuntimeError("upstream changed: 'range(200)' not found in airbench94_muon.py")
-            script = work / "airbench94_muon.py"
-            script.write_text(src.replace("range(200)", f"range({runs})"))
-        t0 = time.perf_counter()
-        p = subprocess.run([python, str(script)], cwd=work, capture_output=True, text=True,
-                           env={**os.environ, "RUNS": str(runs)})
-        wall = time.perf_counter() - t0
-    if p.returncode:
-        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1], "wall_seconds": round(wall, 1)}
-    table = parse_table(p.stdout)
-    return {"runs": table, "wall_seconds": round(wall, 1), "timed_runs": len(table),
-            "changes": "CPU port (dry run)" if dry_run else f"range(200) -> range({runs}) only",
+    try:
+        res = run(pack, runs=runs, threads=os.cpu_count() or 2, python=python, peers=peers, limit=limit,
+                  gpu=not dry_run)
+    except PeerError as e:
+        return {"error": str(e)}
+    table = res["runs"]
+    return {**res, "timed_runs": len(table), "changes": res["port"],
             **_stats([r["tta_accuracy"] for r in table], [r["seconds"] for r in table])}
 
 
@@ -200,7 +180,6 @@ def step_anatomy(trainer, steps: int = 10) -> dict:
 def run_cifarlab(args) -> dict:
     """``fast`` on the current Keras backend: warm-up, then ``args.runs`` timed seeds."""
     import keras
-    import numpy as np
 
     from cifarlab.models.fast import model_flops
     from cifarlab.registry import get_model, get_recipe

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -78,11 +79,13 @@ def _shrink(folder: Path, limit: int) -> None:
 
 
 def run_peer(data: str | os.PathLike, runs: int = 1, threads: int = 2, python: str | None = None,
-             peers: Path = PEERS, timeout: float = 7200, limit: int | None = None) -> dict:
-    """Run ``runs`` timed runs of the peer (CPU port, ``threads`` torch threads) on ``data``
-    (``limit``: the first that many training images, for smoke tests).
+             peers: Path = PEERS, timeout: float = 7200, limit: int | None = None, gpu: bool = False) -> dict:
+    """Run ``runs`` timed runs of the peer on ``data`` (``limit``: the first that many training images,
+    for smoke tests): on a CPU through the shipped port with ``threads`` torch threads; with ``gpu``,
+    upstream's script itself (``torch.compile``, a warm-up run), its 200 timed runs lowered to ``runs``
+    in a scratch copy, the only change.
 
-    Returns ``{"runs": [...], "tta_accuracy": mean, "seconds": mean, "command": ...}``; raises
+    Returns ``{"runs": [...], "tta_accuracy": mean, "seconds": mean, ...}``; raises
     :class:`PeerError` with the peer's last output line when it cannot run."""
     if not (peers / SCRIPT).is_file():
         raise PeerError(f"peer script not found: {peers / SCRIPT}")
@@ -91,14 +94,23 @@ def run_peer(data: str | os.PathLike, runs: int = 1, threads: int = 2, python: s
         work = Path(tmp)
         (work / "cifar10").mkdir()
         env = {**os.environ, "RUNS": str(runs), "THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-        steps = [[python, str(peers / "make_airbench_data.py"), str(data), str(work / "cifar10")],
-                 [python, str(peers / "cpu_port.py"), str(peers / SCRIPT), str(work)],
-                 [python, str(work / "airbench94_muon_cpu.py")]]
+        if gpu:
+            src = (peers / SCRIPT).read_text()
+            if "range(200)" not in src:
+                raise PeerError(f"upstream changed: 'range(200)' not found in {SCRIPT}")
+            (work / SCRIPT).write_text(src.replace("range(200)", f"range({runs})"))
+            port, script = [], work / SCRIPT
+        else:
+            port, script = [[python, str(peers / "cpu_port.py"), str(peers / SCRIPT), str(work)]], \
+                work / "airbench94_muon_cpu.py"
+        steps = [[python, str(peers / "make_airbench_data.py"), str(data), str(work / "cifar10")], *port,
+                 [python, str(script)]]
+        t0 = time.perf_counter()
         for cmd in steps:
             p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, timeout=timeout)
             if p.returncode:
                 last = (p.stderr.strip().splitlines() or p.stdout.strip().splitlines() or ["?"])[-1]
-                raise PeerError(f"{Path(cmd[1]).name} exited {p.returncode}: {last}")
+                raise PeerError(f"{Path(cmd[1] if len(cmd) > 1 else cmd[0]).name} exited {p.returncode}: {last}")
             if limit and cmd is steps[0]:
                 _shrink(work / "cifar10", limit)
         table = parse_table(p.stdout)
@@ -107,8 +119,10 @@ def run_peer(data: str | os.PathLike, runs: int = 1, threads: int = 2, python: s
     n = len(table)
     torch_version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                    text=True).stdout.strip()
-    return {"peer": SCRIPT, "port": "shared/peers/cpu_port.py (bf16 weights, no torch.compile)", "torch": torch_version,
-            "threads": threads, "limit": limit, "runs": table,
+    return {"peer": SCRIPT, "torch": torch_version, "threads": threads, "limit": limit, "runs": table,
+            "port": (f"upstream, range(200) -> range({runs}) only" if gpu
+                     else "shared/peers/cpu_port.py (bf16 weights, no torch.compile)"),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
             "tta_accuracy": round(sum(r["tta_accuracy"] for r in table) / n, 5),
             "seconds": round(sum(r["seconds"] for r in table) / n, 1)}
 
