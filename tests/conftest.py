@@ -65,3 +65,17 @@ def medium_archive(shared_archive, tmp_path_factory) -> Path:
     from slices import slice_archive
 
     return slice_archive(shared_archive, tmp_path_factory.mktemp("slice-2k") / "cifar10-slice-2k.tar.gz", n_train=2000)
+
+
+@pytest.fixture(scope="module")
+def server(seed_run, tmp_path_factory, request):
+    """A real ``cifarlab serve`` of the seed run on 127.0.0.1, one per test module (tests/servers.py).
+
+    A generous queue deadline: these tests are about answers, and a busy 2-core machine can stall
+    the model thread longer than the default 250 ms (the benchmark measures the defaults)."""
+    from servers import Server
+
+    log = tmp_path_factory.mktemp(request.module.__name__) / "server.log"
+    s = Server(seed_run.run_dir, "--queue-timeout-ms", "10000", log=log)
+    yield s
+    s.stop()

@@ -12,7 +12,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from PIL import Image
-from servers import Server
 
 from cifarlab.serving.app import MAX_BYTES
 
@@ -37,15 +36,6 @@ def test_images(shared_archive):
     from cifarlab.data import read_arrays
 
     return read_arrays(shared_archive).x_test[:40]
-
-
-@pytest.fixture(scope="module")
-def server(seed_run, tmp_path_factory):
-    # a generous queue deadline: these tests are about answers, and a busy 2-core machine can
-    # stall the model thread longer than the default 250 ms (the benchmark measures the defaults)
-    s = Server(seed_run.run_dir, "--queue-timeout-ms", "10000", log=tmp_path_factory.mktemp("serve") / "server.log")
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

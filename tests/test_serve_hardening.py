@@ -70,13 +70,6 @@ def images(shared_archive):
 
 
 @pytest.fixture(scope="module")
-def server(seed_run, tmp_path_factory):
-    s = Server(seed_run.run_dir, "--queue-timeout-ms", "10000", log=tmp_path_factory.mktemp("harden") / "server.log")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def strict(seed_run, tmp_path_factory):
     """A second real server with short timeouts, few connections and its own allowed host names."""
     s = Server(seed_run.run_dir, "--header-timeout", "1", "--body-timeout", "1", "--max-connections", "6",
