@@ -20,11 +20,20 @@ SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg-binary.tar.gz"
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
+    """The CPU as figures need it: "AMD EPYC" names chips of very different speed, so the family/model
+    and the instruction sets that decide the kernels (bf16, AMX, AVX-512) come with it."""
+    info = {}
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags] or ["no AVX2"]
+    cpu = info.get("model name", "unknown CPU")
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']} model {info.get('model', '?')}; {', '.join(isa)})"
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
