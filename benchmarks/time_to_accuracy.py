@@ -20,6 +20,10 @@ does, and the load average at the start and end of each sub-run is recorded.
   timed as it times itself; the summary gives fast's and quick's seconds as ratios of it.
 - ``pipeline``: fast step time with the real input pipeline (gather + flip +
   translate of uint8) against the same step on one fixed, unaugmented batch.
+- ``--baseline REF``: each ``fast`` seed is also trained by the code at git commit REF (a
+  worktree in a temporary folder, its own copy of this script), right before the same seed
+  here, so that the two trainers' times are compared in the same run; the summary gives
+  the ratio of the mean training seconds (this tree / REF).
 
 Writes ``benchmarks/results/time_to_accuracy.json`` (or ``--out``) after every sub-run and,
 for a full run to the default file, the table in ``benchmarks/RESULTS.md`` at the end.
@@ -245,8 +249,9 @@ def child(args) -> None:
     print("RESULT " + json.dumps(_finish(out)), flush=True)
 
 
-def _sub(kind: str, args, extra=()) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--data", str(args.data), *extra]
+def _sub(kind: str, args, extra=(), script: Path | None = None) -> dict:
+    """Run one measurement in a child process (``script``: another tree's copy of this file)."""
+    cmd = [sys.executable, str(script or __file__), "--one", kind, "--data", str(args.data), *extra]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     if args.epochs:
@@ -257,7 +262,7 @@ def _sub(kind: str, args, extra=()) -> dict:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         waited = time.perf_counter() - t_wait
         load0 = os.getloadavg()
-        print(f"[{datetime.now():%H:%M:%S}] {kind} {' '.join(extra)} (waited {waited:.0f} s for the lock, "
+        print(f"[{datetime.now():%H:%M:%S}] {kind} {' '.join(extra)}{' at ' + args.baseline if script else ''} (waited {waited:.0f} s for the lock, "
               f"load {load0[0]:.1f})", flush=True)
         p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         load1 = os.getloadavg()
@@ -267,6 +272,8 @@ def _sub(kind: str, args, extra=()) -> dict:
         print(f"  failed: {err}", flush=True)
         return {"kind": kind, "error": err}
     out = json.loads(line[len("RESULT "):])
+    if script:
+        out["baseline"] = args.baseline
     out.update(kind=kind, load_average_start=round(load0[0], 2), load_average_end=round(load1[0], 2),
                lock_wait_seconds=round(waited, 1))
     print("  " + json.dumps({k: v for k, v in out.items() if k not in ("history", "evals")}), flush=True)
@@ -282,6 +289,7 @@ def main():
     ap.add_argument("--epochs", type=float, help="override epochs (smoke test only)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--no-lock", action="store_true", help="do not take the CPU lock (smoke tests on a slice)")
+    ap.add_argument("--baseline", metavar="REF", help="also train each fast seed with the code at this git commit")
     ap.add_argument("--markdown", action="store_true", help="only rewrite the RESULTS.md table from --out's figures")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -329,7 +337,12 @@ def main():
         plan += fast[1:]
     if "pipeline" in only:
         plan.append(("pipeline", ()))
+    base_script = _worktree(args.baseline) / "benchmarks" / "time_to_accuracy.py" if args.baseline else None
+    if base_script:
+        results["baseline"] = args.baseline
     for kind, extra in plan:
+        if base_script and kind == "fast":  # the baseline right before the same seed here
+            results["runs"].append(_sub(kind, args, extra, script=base_script))
         results["runs"].append(_sub(kind, args, extra))
         results["summary"] = summarise(results["runs"])
         save()
@@ -342,19 +355,27 @@ def main():
     write_markdown(results)
 
 
+def _worktree(ref: str) -> Path:
+    """A detached git worktree of ``ref`` in a temporary folder (removed at exit)."""
+    import atexit
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="tta-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), ref], check=True)
+    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)])
+    return path
+
+
 def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from _common import machine
+
+    return machine().rsplit(",", 2)[0]  # without the core count and kernel
 
 
 def summarise(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
-    fast = [r for r in ok if r["kind"] == "fast"]
+    fast = [r for r in ok if r["kind"] == "fast" and "baseline" not in r]
+    base = [r for r in ok if r["kind"] == "fast" and "baseline" in r]
     quick = next((r for r in reversed(ok) if r["kind"] == "quick"), None)  # the latest: the registered epochs
     seed = next((r for r in ok if r["kind"] == "seed"), None)
     peak = next((r for r in ok if r["kind"] == "peak"), None)
@@ -375,6 +396,15 @@ def summarise(runs: list[dict]) -> dict:
             s["fast"]["share_of_bf16_peak"] = round(s["fast"]["tflops"] / peak["bfloat16_matmul_tflops"], 3)
             if "bfloat16_conv_fwd_tflops" in peak:
                 s["fast"]["share_of_bf16_conv_peak"] = round(s["fast"]["tflops"] / peak["bfloat16_conv_fwd_tflops"], 3)
+    if fast and base:
+        paired = [(r, b) for r in fast for b in base if b["seed"] == r["seed"]]
+        s["baseline"] = {"ref": base[0]["baseline"], "seeds": [b["seed"] for _, b in paired],
+                         "tta_accuracies": [b["tta_test_accuracy"] for _, b in paired],
+                         "train_seconds": [b["train_seconds"] for _, b in paired],
+                         "this_train_seconds": [r["train_seconds"] for r, _ in paired],
+                         "train_seconds_ratio": round(sum(r["train_seconds"] for r, _ in paired)
+                                                      / sum(b["train_seconds"] for _, b in paired), 4),
+                         "same_accuracies": all(r["tta_test_accuracy"] == b["tta_test_accuracy"] for r, b in paired)}
     if quick:
         s["quick"] = {k: quick[k] for k in ("tta_test_accuracy", "test_accuracy", "seconds", "seconds_to_65",
                                             "images_per_second", "tflops", "peak_rss_gib")}
@@ -414,6 +444,7 @@ def write_markdown(results: dict) -> None:
                          f"{r['peak_rss_gib']:.2f} | {r['load_average_start']:.1f}–{r['load_average_end']:.1f} |")
             continue
         name = r["kind"] + (f" seed {r['seed']}" if r["kind"] == "fast" else "") + (
+            f" at {r['baseline']}" if "baseline" in r else "") + (
             f" ({r['epochs']} epochs)" if "epochs" in r else "")
         fmt = lambda v, f="{:.2%}": "–" if v is None else f.format(v)  # noqa: E731
         lines.append(f"| {name} | {fmt(r.get('tta_test_accuracy'))} | {fmt(r.get('test_accuracy'))} | "
