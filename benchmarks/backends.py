@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--parallel", action="store_true", help="all backends at once (each slower)")
     ap.add_argument("--out", help="write the figures here only, not to results/ and RESULTS.md")
+    ap.add_argument("--runs-dir", help="keep the run directories here (default: a temporary folder), so that a "
+                                       "stopped run's history can still be read and a rerun resumes it")
     ap.add_argument("--precision-probe", action="store_true",
                     help="instead: seconds per step of quick in fp32 and bf16 on each backend (the portable loop), "
                          "which training.precision.CPU_BF16_PAYS records")
@@ -102,7 +104,7 @@ def main() -> int:
         print(json.dumps(probe, indent=2))
         return 0
     with tempfile.TemporaryDirectory(prefix="cifarlab-backends-") as tmp:
-        outs = {b: Path(tmp) / b for b in backends}
+        outs = {b: Path(args.runs_dir or tmp) / b for b in backends}
         if args.parallel:
             procs = {b: subprocess.Popen(command(b, outs[b], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True) for b in backends}
