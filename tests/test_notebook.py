@@ -1,4 +1,4 @@
-"""notebooks/walkthrough.ipynb runs from top to bottom on the shared data."""
+"""notebooks/walkthrough.ipynb runs from top to bottom on a slice of the shared data."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 
 
-def test_walkthrough_notebook_runs(shared_archive, tmp_path, monkeypatch):
+def test_walkthrough_notebook_runs(medium_archive, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("CIFARLAB_DATA", str(shared_archive))  # the kernel inherits it
+    # The kernel inherits it. The 2,000-image slice of the shared copy, same layout: the notebook trains on
+    # 2,000 images either way, and validates and tests on the slice's 500 test images instead of 10,000.
+    monkeypatch.setenv("CIFARLAB_DATA", str(medium_archive))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
