@@ -23,6 +23,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CIFARLAB_AUTOTUNE", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _jax_compilation_cache(tmp_path_factory):
+    """One JAX compilation cache for the session's processes (os.environ: subprocesses inherit it).
+
+    The JAX tests start several processes that compile the same steps (tests/test_backends.py: the
+    straight run, the killed one and its resumption, the predictions; the GPU dry run); on 2 cores each
+    compile costs seconds. The cache hands a later process the executable an earlier one compiled from
+    the same program, so what runs is unchanged; it is a fresh folder, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax-cache")))
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():
