@@ -60,21 +60,46 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
                     self.transport.write(HEADERS_TOO_LARGE)
                     self.transport.close()
 
+        _refused = False  # this request was answered 503 here: its body is read and dropped
+
         def on_headers_complete(self) -> None:
             self._disarm()
             self._between = False
-            if gate is not None and gate.full(self.url.split(b"?", 1)[0].decode("latin-1")):
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            if gate is None or not gate.full(path):
+                super().on_headers_complete()
+            elif self.cycle is None or self.cycle.response_complete:
+                self._refuse(path)
+            else:  # pipelined behind a request still in progress: its answer must wait its turn
                 app, self.app = self.app, gate.busy
                 try:
                     super().on_headers_complete()  # runs gate.busy for this request only
                 finally:
                     self.app = app
+
+        def _refuse(self, path: str) -> None:
+            """Answer 503 with one write, without a task or an ASGI cycle: a refusal must cost far less than
+            an answer. The connection is kept unless the client asked otherwise (or waits for 100-continue,
+            so that what it sends next could not be told from the body it never sent)."""
+            keep = (self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()  # as uvicorn decides
+                    and not self.expect_100_continue)
+            self.transport.write(gate.refusal(path, self.server_state.default_headers, keep))
+            self._refused = True
+            if keep:
+                self.on_response_complete()  # as after any answer: the keep-alive timer, the next request
             else:
-                super().on_headers_complete()
+                self.transport.close()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._between = True
-            super().on_message_complete()
+            if self._refused:
+                self._refused = False
+            else:
+                super().on_message_complete()
 
         def connection_lost(self, exc) -> None:
             self._disarm()
@@ -97,28 +122,53 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
     return HeaderDeadlineProtocol
 
 
+BUSY_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+
+
 class Gate:
     """At most ``max_inflight`` requests in progress to paths for which ``limited(path)`` holds.
 
-    Counts what is in progress and how many were turned away; ``busy`` is the 503
-    answer, an ASGI app of its own so that the protocol can run it without the rest
-    (``error_body(path, status, message)`` makes its JSON).
+    Counts what is in progress and how many were turned away. The 503 answer comes in
+    two forms with the same body and headers: ``refusal``, the whole response as bytes
+    for the protocol to write, and ``busy``, an ASGI app (``error_body(path, status,
+    message)`` makes its JSON).
     """
 
     def __init__(self, max_inflight: int, limited, error_body):
         self.max_inflight, self.limited, self.error_body = max_inflight, limited, error_body
         self.inflight = self.rejected = 0
+        self._bodies: dict[str, bytes] = {}
+        self._defaults: tuple[list, bytes] = ([], b"")
 
     def full(self, path: str) -> bool:
         return self.inflight >= self.max_inflight and self.limited(path)
 
+    def busy_body(self, path: str) -> bytes:
+        """The 503's JSON for ``path``; made once per path (a few: the limited routes)."""
+        body = self._bodies.get(path)
+        if body is None:
+            body = json.dumps(self.error_body(path, 503, f"server busy ({self.max_inflight} requests in "
+                                                         "progress); retry shortly")).encode()
+            if len(self._bodies) < 64:  # any /v2/models/NAME/infer is limited: keep the cache bounded
+                self._bodies[path] = body
+        return body
+
+    def refusal(self, path: str, default_headers: list, keep_alive: bool) -> bytes:
+        """The whole 503 response; ``default_headers``: uvicorn's (date, server), re-encoded when they change."""
+        self.rejected += 1
+        if self._defaults[0] is not default_headers:  # uvicorn makes a new list each second (the date)
+            self._defaults = (default_headers, b"".join(k + b": " + v + b"\r\n" for k, v in default_headers))
+        body = self.busy_body(path)
+        return b"".join([b"HTTP/1.1 503 Service Unavailable\r\n", self._defaults[1],
+                         *(k + b": " + v + b"\r\n" for k, v in BUSY_HEADERS),
+                         b"content-length: %d\r\n" % len(body),
+                         b"\r\n" if keep_alive else b"connection: close\r\n\r\n", body])
+
     async def busy(self, scope, receive, send):
         self.rejected += 1
-        body = json.dumps(self.error_body(scope["path"], 503, f"server busy ({self.max_inflight} requests "
-                                                              "in progress); retry shortly")).encode()
+        body = self.busy_body(scope["path"])
         await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-                                (b"content-length", str(len(body)).encode())]})
+                    "headers": [*BUSY_HEADERS, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
