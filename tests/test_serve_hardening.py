@@ -8,6 +8,7 @@ HOSTILE counts every hostile request thrown here (see benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -297,6 +298,15 @@ def test_host_header_is_checked(server, strict):
         assert r.status_code == status, (url, host, r.text[:200])
 
 
+def test_a_refused_host_gives_back_its_inflight_slot(strict):
+    """The protocol counts a prediction request in before any middleware runs; a 400 for its Host must
+    give the slot back, or a few such requests would leave the server answering 503 for good."""
+    for _ in range(5):
+        r = strict.session.post(strict.url + "/predict", data=b"x", headers={"Host": "evil.example"})
+        assert r.status_code == 400
+    assert strict.session.get(strict.url + "/health").json()["inflight"] == 0
+
+
 def _connect(url: str) -> socket.socket:
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=5)
@@ -451,6 +461,43 @@ def test_overload_answers_503_with_retry_after_and_the_rest_are_served():
         health = srv.session.get(srv.url + "/health").json()
         assert health["rejected"] == codes.count(503) and health["queued"] == 0
         assert srv.session.post(srv.url + "/predict", data=_png(3)).status_code == 200  # and it recovers
+
+
+def test_inflight_limit_shrinks_while_the_event_loop_lags_and_grows_back():
+    from cifarlab.serving.guard import Gate
+
+    async def scenario():
+        gate = Gate(100, lambda path: True, lambda *a: {}, max_lag_s=0.02, every_s=0.005)
+        gate.start()
+        await asyncio.sleep(0.05)
+        punctual = gate.limit
+        time.sleep(0.1)  # the loop held up, as by a burst of answers
+        await asyncio.sleep(0.001)
+        lagged, lag = gate.limit, gate.lag_s
+        await asyncio.sleep(1.0)
+        recovered = gate.limit
+        gate.stop()
+        return punctual, lagged, lag, recovered
+
+    punctual, lagged, lag, recovered = asyncio.run(scenario())
+    assert punctual == 100 and lagged <= 75 and lag >= 0.08 and recovered == 100
+
+
+def test_the_heap_is_trimmed_once_after_a_burst(monkeypatch):
+    from cifarlab.serving import service
+    from cifarlab.serving.app import create_app
+
+    calls = []
+    monkeypatch.setattr(service, "_malloc_trim", calls.append)
+    monkeypatch.setattr(service, "TRIM_IDLE_S", 0.1)
+    with InProcessServer(create_app(_stub(_probs))) as srv:
+        time.sleep(0.5)
+        assert calls == []  # nothing served yet: nothing to give back
+        assert all(_post(srv.url + "/predict", _png(v)).status_code == 200 for v in (1, 2, 3))
+        time.sleep(0.6)
+        assert calls == [0]
+        time.sleep(0.4)
+        assert calls == [0]  # once per burst, not once a second
 
 
 def test_a_model_error_fails_only_its_own_request():

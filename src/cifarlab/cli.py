@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open connections at once; past that new requests get 503 (default 2048)")
     p.add_argument("--max-inflight", type=int, default=128, metavar="N",
                    help="prediction requests in progress at once; past that 503 + Retry-After (default 128)")
+    p.add_argument("--max-lag-ms", type=float, default=20.0, metavar="MS",
+                   help="while the event loop runs more than this behind, the in-flight limit shrinks below "
+                        "--max-inflight; 0 keeps it fixed (default 20)")
     p.add_argument("--max-queue", type=int, default=512, metavar="N",
                    help="images waiting for the model; past that, or after --queue-timeout-ms, 503 (default 512)")
     p.add_argument("--queue-timeout-ms", type=float, default=250.0, metavar="MS",
@@ -535,8 +538,8 @@ def cmd_serve(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CifarlabError(f"--port must be 0-65535, not {args.port}")
-    if args.max_upload_mb <= 0 or args.max_batch < 1 or args.max_wait_ms < 0:
-        raise CifarlabError("--max-upload-mb must be > 0, --max-batch >= 1 and --max-wait-ms >= 0")
+    if args.max_upload_mb <= 0 or args.max_batch < 1 or args.max_wait_ms < 0 or args.max_lag_ms < 0:
+        raise CifarlabError("--max-upload-mb must be > 0, --max-batch >= 1, --max-wait-ms and --max-lag-ms >= 0")
     counts = {"--max-connections": args.max_connections, "--max-inflight": args.max_inflight,
               "--max-queue": args.max_queue, "--max-image-pixels": args.max_image_pixels,
               "--max-request-pixels": args.max_request_pixels}
@@ -555,6 +558,7 @@ def cmd_serve(args) -> int:
                     max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
                     queue_timeout_s=args.queue_timeout_ms / 1000, max_image_pixels=args.max_image_pixels,
                     max_request_pixels=args.max_request_pixels, max_inflight=args.max_inflight,
+                    max_lag_s=args.max_lag_ms / 1000 or None,
                     body_timeout_s=args.body_timeout, allowed_hosts=hosts)
     serve(args.model, host=args.host, port=args.port, limits=limits, max_connections=args.max_connections,
           header_timeout_s=args.header_timeout, announce=lambda line: print(line, flush=True))

@@ -123,9 +123,11 @@ def create_app(served: ServedModel, limits: Limits | None = None, **overrides) -
     _add_predict_routes(app, svc)
     _add_info_routes(app, svc)
     v2.add_routes(app, svc)
-    app.add_middleware(Admission, gate=svc.gate)
     if "*" not in limits.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(limits.allowed_hosts), www_redirect=False)
+    # Outermost (added last): the protocol may have counted a request in already (guard.ADMITTED), and
+    # only Admission gives its slot back, so no middleware may answer it before Admission runs.
+    app.add_middleware(Admission, gate=svc.gate)
     return app
 
 
@@ -212,7 +214,8 @@ def _add_info_routes(app: FastAPI, svc: Service) -> None:
     async def health():
         b = svc.batcher
         return {"status": "ok", "model": svc.served.name, "images": b.images, "batches": b.batches,
-                "queued": b.queued, "inflight": svc.gate.inflight, "rejected": b.rejected + svc.gate.rejected,
+                "queued": b.queued, "inflight": svc.gate.inflight, "inflight_limit": svc.gate.limit,
+                "loop_lag_ms": round(svc.gate.lag_s * 1000, 1), "rejected": b.rejected + svc.gate.rejected,
                 "max_batch": lim.max_batch, "max_wait_ms": lim.max_wait_s * 1000, "max_bytes": lim.max_bytes,
                 "max_image_pixels": lim.max_image_pixels, "max_request_pixels": lim.max_request_pixels}
 

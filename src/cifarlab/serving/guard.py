@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -66,16 +67,28 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
             self._disarm()
             self._between = False
             path = self.url.split(b"?", 1)[0].decode("latin-1")
-            if gate is None or not gate.full(path):
-                super().on_headers_complete()
-            elif self.cycle is None or self.cycle.response_complete:
+            if gate is None or not gate.limited(path):
+                return super().on_headers_complete()
+            # Only a request that starts now is decided here; one pipelined behind a request still in
+            # progress waits its turn, and Admission decides when it runs.
+            now = self.cycle is None or self.cycle.response_complete
+            if now and gate.full():
                 self._refuse(path)
-            else:  # pipelined behind a request still in progress: its answer must wait its turn
-                app, self.app = self.app, gate.busy
-                try:
-                    super().on_headers_complete()  # runs gate.busy for this request only
-                finally:
-                    self.app = app
+            elif now and not self._uvicorn_answers():
+                # Its slot is taken now, not when its task first runs: a loop iteration reads many requests
+                # before any of their tasks runs, and all would pass. Admission gives the slot back.
+                gate.inflight += 1
+                self.scope[ADMITTED] = True
+                super().on_headers_complete()
+            else:
+                super().on_headers_complete()
+
+        def _uvicorn_answers(self) -> bool:
+            """Whether uvicorn answers this request itself, without the app (so Admission would never run):
+            over ``limit_concurrency`` (uvicorn's 503), or an upgrade."""
+            limit = self.limit_concurrency
+            return self.parser.should_upgrade() or (limit is not None and (len(self.connections) >= limit
+                                                                            or len(self.tasks) >= limit))
 
         def _refuse(self, path: str) -> None:
             """Answer 503 with one write, without a task or an ASGI cycle: a refusal must cost far less than
@@ -123,32 +136,67 @@ def header_deadline_protocol(header_timeout_s: float, gate: "Gate | None" = None
 
 
 BUSY_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+# Scope key: the protocol already took this request's in-flight slot (Admission gives it back).
+ADMITTED = "cifarlab.admitted"
 
 
 class Gate:
-    """At most ``max_inflight`` requests in progress to paths for which ``limited(path)`` holds.
+    """At most ``limit`` requests in progress to paths for which ``limited(path)`` holds.
 
-    Counts what is in progress and how many were turned away. The 503 answer comes in
-    two forms with the same body and headers: ``refusal``, the whole response as bytes
-    for the protocol to write, and ``busy``, an ASGI app (``error_body(path, status,
-    message)`` makes its JSON).
+    ``limit`` is ``max_inflight``, or with ``max_lag_s`` it adapts to the event loop (see
+    :meth:`start`). Counts what is in progress and how many were turned away. The 503
+    answer comes in two forms with the same body and headers: ``refusal``, the whole
+    response as bytes for the protocol to write, and ``busy``, an ASGI app
+    (``error_body(path, status, message)`` makes its JSON).
     """
 
-    def __init__(self, max_inflight: int, limited, error_body):
+    def __init__(self, max_inflight: int, limited, error_body, max_lag_s: float | None = None,
+                 every_s: float = 0.01):
         self.max_inflight, self.limited, self.error_body = max_inflight, limited, error_body
+        self.max_lag_s, self.every_s = max_lag_s, every_s
+        self.limit = max_inflight
         self.inflight = self.rejected = 0
+        self.lag_s = 0.0  # how late the last check ran (s)
+        self._timer = None
         self._bodies: dict[str, bytes] = {}
         self._defaults: tuple[list, bytes] = ([], b"")
 
-    def full(self, path: str) -> bool:
-        return self.inflight >= self.max_inflight and self.limited(path)
+    def full(self) -> bool:
+        return self.inflight >= self.limit
+
+    def start(self) -> None:
+        """With ``max_lag_s``, check the running event loop every ``every_s`` seconds.
+
+        How late the check runs is the loop's lag: the time it spent on other callbacks,
+        which every request waits for too, 503s included, before its bytes are even read.
+        Past ``max_lag_s`` the limit drops by a quarter (down to 1): admitted requests are
+        what loads the loop (an answer costs ~40 refusals). Otherwise it grows by one per
+        check, back up to ``max_inflight``.
+        """
+        if self.max_lag_s:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self.every_s, self._check, loop, loop.time() + self.every_s)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.limit = self.max_inflight
+
+    def _check(self, loop, due: float) -> None:
+        now = loop.time()
+        self.lag_s = now - due
+        if self.lag_s > self.max_lag_s:
+            self.limit = max(1, self.limit * 3 // 4)
+        elif self.limit < self.max_inflight:
+            self.limit += 1
+        self._timer = loop.call_at(now + self.every_s, self._check, loop, now + self.every_s)
 
     def busy_body(self, path: str) -> bytes:
         """The 503's JSON for ``path``; made once per path (a few: the limited routes)."""
         body = self._bodies.get(path)
         if body is None:
-            body = json.dumps(self.error_body(path, 503, f"server busy ({self.max_inflight} requests in "
-                                                         "progress); retry shortly")).encode()
+            body = json.dumps(self.error_body(path, 503, "server busy; retry shortly")).encode()
             if len(self._bodies) < 64:  # any /v2/models/NAME/infer is limited: keep the cache bounded
                 self._bodies[path] = body
         return body
@@ -180,11 +228,12 @@ class Admission:
 
     async def __call__(self, scope, receive, send):
         gate = self.gate
-        if scope["type"] != "http" or not gate.limited(scope["path"]):
-            return await self.app(scope, receive, send)
-        if gate.full(scope["path"]):
-            return await gate.busy(scope, receive, send)
-        gate.inflight += 1
+        if not scope.get(ADMITTED):  # else the protocol let it in and counted it
+            if scope["type"] != "http" or not gate.limited(scope["path"]):
+                return await self.app(scope, receive, send)
+            if gate.full():
+                return await gate.busy(scope, receive, send)
+            gate.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import gc
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +38,12 @@ DEFAULT_TOP_K = 5
 # request makes the decoder allocate (a 16-bit PNG of a few kB may declare millions).
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_REQUEST_PIXELS = 16_000_000
-# Requests in the application at once; past that, 503 before the body is read.
+# Requests in the application at once; past that, 503 before the body is read. The limit
+# drops below this while the event loop runs more than MAX_LAG_S behind (guard.Gate).
 MAX_INFLIGHT = 128
+MAX_LAG_S = 0.02
+# Idle this long after a burst, the server gives the C heap's free pages back (Service._trim_when_idle).
+TRIM_IDLE_S = 1.0
 # A body must arrive within this; bodies still arriving may hold this much memory together.
 BODY_TIMEOUT_S = 30.0
 MAX_BUFFERING_BYTES = 256 * 1024 * 1024
@@ -62,6 +68,7 @@ class Limits:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_request_pixels: int = MAX_REQUEST_PIXELS
     max_inflight: int = MAX_INFLIGHT
+    max_lag_s: float | None = MAX_LAG_S  # None: the in-flight limit stays max_inflight
     body_timeout_s: float = BODY_TIMEOUT_S
     max_buffering_bytes: int = MAX_BUFFERING_BYTES
     allowed_hosts: tuple[str, ...] = LOCAL_HOSTS  # ("*",): any
@@ -124,6 +131,17 @@ def _is_inference(path: str) -> bool:
     return path in ("/predict", "/predict/batch") or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
+def _libc_malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
 class Service:
     """The request-independent parts: the batcher, the decoder threads, and the shared limits."""
 
@@ -131,10 +149,11 @@ class Service:
         self.served, self.limits = served, limits
         self.batcher = MicroBatcher(served.predict_fn, max_batch=limits.max_batch, max_wait_s=limits.max_wait_s,
                                     max_queue=limits.max_queue, queue_timeout_s=limits.queue_timeout_s)
-        self.gate = Gate(limits.max_inflight, _is_inference, error_body)
+        self.gate = Gate(limits.max_inflight, _is_inference, error_body, limits.max_lag_s)
         self.decoder: ThreadPoolExecutor | None = None
         self.buffering = 0  # bytes of request bodies still arriving
         self.ready = False
+        self._trimmer: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="cifarlab-decode")
@@ -142,10 +161,35 @@ class Service:
         # One request's worth of work before the first real one: the model thread and
         # TensorFlow's kernels warm up here, not in a user's latency.
         await self.batcher.submit(np.zeros((32, 32, 3), np.uint8))
+        # TensorFlow and the model leave ~500,000 objects that live as long as the process: a full
+        # collection walks them all, ~220 ms with the event loop stopped, every few seconds under load.
+        # Frozen, collections see only what requests allocate.
+        gc.collect()
+        gc.freeze()
+        self.gate.start()
+        self._trimmer = asyncio.create_task(self._trim_when_idle())
         self.ready = True
+
+    async def _trim_when_idle(self) -> None:
+        """Once a burst is over (no image predicted for TRIM_IDLE_S seconds, none in progress), give the
+        C heap's free pages back to the system: glibc keeps them after a load peak, so the RSS would stay
+        at the peak's level for good."""
+        if _malloc_trim is None:
+            return
+        seen = trimmed = self.batcher.images
+        while True:
+            await asyncio.sleep(TRIM_IDLE_S)
+            now = self.batcher.images
+            if now == seen and now != trimmed and self.gate.inflight == 0 and not self.batcher.queued:
+                _malloc_trim(0)
+                trimmed = now
+            seen = now
 
     async def stop(self) -> None:
         self.ready = False
+        self.gate.stop()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         await self.batcher.stop()
         self.decoder.shutdown(wait=True)
 
