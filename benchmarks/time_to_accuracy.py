@@ -169,6 +169,7 @@ def run_recipe(args) -> dict:
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training import precision
     from cifarlab.training.fast import FastTrainer
+    from cifarlab.training.loop import ProgressEvals
 
     t_start = time.perf_counter()
     d = _load(args.data, args.limit)
@@ -180,8 +181,8 @@ def run_recipe(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     model = get_model(recipe.model).build(num_classes=10)
     trainer = FastTrainer(model, recipe, d.x_train, d.y_train, seed=args.seed)
-    res = trainer.fit(recipe.epochs, d.x_test, d.y_test, eval_x=d.x_test if args.progress else None,
-                      eval_y=d.y_test, eval_every=args.progress or None, eval_every_until=TARGET)
+    probe = ProgressEvals(d.x_test, d.y_test, every=args.progress, until=TARGET) if args.progress else None
+    res = trainer.fit(recipe.epochs, d.x_test, d.y_test, probe=probe)
     t0 = time.perf_counter()
     plain = float((trainer.predict(d.x_test).argmax(1) == d.y_test).mean())
     plain_s = time.perf_counter() - t0

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import math
 import time
-from typing import Callable
 
 import keras
 import numpy as np
@@ -64,6 +63,9 @@ class FastTrainer:
             raise CifarlabError(f"the batch of {self.batch_size} images does not split evenly over {replicas} "
                                 f"replicas; choose a --batch-size that is a multiple of {replicas}")
         self.steps_per_epoch = n // self.batch_size
+        self.n = n
+        # Several workers stop together, at a step whose stop flags they summed (train_step).
+        self.agrees_on_stop = self.placement is not None and self.placement.kind == "multiworker"
         self.rng = np.random.default_rng(seed)
         if recipe.options.whiten_init_images:
             sample = self.rng.choice(n, min(n, recipe.options.whiten_init_images), replace=False)
@@ -391,133 +393,56 @@ class FastTrainer:
         with self._averaged_weights():  # once for all passes
             return tta_predict(self.logits, x, self.recipe.options.tta, self.recipe.options.tta_share)
 
-    def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
-            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
-            run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
-        """Train ``epochs`` epochs; history rows carry loss/accuracy (train, as trained) and val_*.
+    def fit(self, epochs: float, x_val=None, y_val=None, **options) -> FastResult:
+        """Train ``epochs`` epochs (fractions allowed, as airbench's 9.9) by :func:`cifarlab.training.loop.run`;
+        history rows carry loss/accuracy (train, as trained) and val_* on ``x_val``/``y_val``.
 
-        ``epochs`` may be fractional (as airbench's 9.9): the schedule spans
-        ``round(epochs * steps_per_epoch)`` steps and the last epoch stops part-way, with a row of its own.
-
-        ``eval_every`` steps (and at each epoch end) the accuracy on ``eval_x/eval_y``
-        is measured and logged in ``result.evals`` with the training seconds so far;
-        the clock stops while evaluating. The in-epoch evaluations stop once the
-        accuracy reaches ``eval_every_until``.
-
-        With ``run_dir``, the whole training state is checkpointed there at every epoch end and
-        every ``checkpoint_every`` steps within an epoch (None: ``checkpoint.DEFAULT_EVERY_STEPS``;
-        0: epoch ends only) (:mod:`cifarlab.training.checkpoint`), and a checkpoint found there is
-        resumed, mid-epoch ones at the very next step. With
-        ``stop`` (an active ``StopRequest``) a signal ends training after the step in progress
-        with a checkpoint and ``Interrupted``; that checkpoint resumes at the very next step.
-        A non-finite epoch loss raises ``NonFiniteLoss`` and keeps the last good checkpoint.
-        ``progress`` shows a per-epoch progress bar with an ETA (steps only: reading the loss
-        every step would cost a host sync). With ``recipe.options.ema_decay`` every evaluation uses the
-        weight average, and the model holds it when ``fit`` returns.
+        ``options``: those of :func:`~cifarlab.training.loop.run` (``on_epoch``, ``run_dir`` and
+        ``checkpoint_every`` for checkpoints and resuming, ``stop``, ``progress``, ``probe``). With
+        ``recipe.options.ema_decay`` every evaluation uses the weight average, and the model holds it
+        when ``fit`` returns.
         """
-        from cifarlab.training import checkpoint
-
-        r = self.recipe
         self.ema_in_model = False  # training goes on from whatever the model holds
-        total = max(1, round(epochs * self.steps_per_epoch))
-        res = FastResult()
-        clock = 0.0
-        start_epoch, start_step = 0, 0
-        last_saved = checkpoint.read_state(run_dir) if run_dir is not None else None
-        if last_saved is not None:
-            start_epoch, start_step = self._restore(run_dir, last_saved)
-            res.history = list(last_saved["history"])
-            checkpoint.resuming_notice(last_saved)
-        step = start_epoch * self.steps_per_epoch + start_step  # drives the lr schedule
-        every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
-        every = every if run_dir is not None else 0
-        steps_here = 0
-
-        agree = self.placement is not None and self.placement.kind == "multiworker"
-        stopping = False
-
-        def asked() -> bool:
-            return stop is not None and stop.requested
-
-        def save(epochs_done, step_in_epoch, epoch_rng):
-            nonlocal last_saved
-            state = self._state(epochs_done, step_in_epoch, epoch_rng, res.history)
-            if self.placement is None or self.placement.is_chief:  # the others only keep track
-                checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
-            last_saved = state
-
-        def log_eval(epoch_float):
-            if eval_x is not None:
-                acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
-                res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
-
-        for epoch in range(start_epoch, math.ceil(total / self.steps_per_epoch)):
-            epoch_steps = min(self.steps_per_epoch, total - epoch * self.steps_per_epoch)
-            t_epoch = time.perf_counter()
-            epoch_clock = clock
-            first = start_step if epoch == start_epoch else 0
-            if not first:  # a mid-epoch resume restored the sums of the steps before it
-                for v in (self.loss_sum, self.correct, self.seen):
-                    v.assign(0.0)
-            epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
-            order = self.rng.permutation(len(self.flip_bits))
-            ep = tf.constant(epoch, tf.int32)
-            wb = epoch < r.options.whiten_bias_epochs  # a Python bool: see _trained
-            t0 = time.perf_counter()
-            bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
-            for s in range(first, epoch_steps):
-                lr = r.learning_rate * lr_factor(step, total, r.options.lr_end_factor)
-                idx = tf.constant(order[s * self.batch_size:(s + 1) * self.batch_size], tf.int32)
-                crop = self._crop_at(step, total)
-                if agree:  # the step sums every worker's signal flag; each reads the same total
-                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, tf.constant(float(asked()), tf.float32),
-                               crop=crop)
-                    stopping = bool(self.stop_votes.numpy() > 0)  # a host sync per step, multi-worker only
-                else:
-                    self._step(idx, ep, tf.constant(lr, tf.float32), wb, crop=crop)
-                    stopping = asked()
-                if bar is not None:
-                    bar.update(s + 1)
-                step += 1
-                steps_here += 1
-                if stopping and s + 1 < epoch_steps:
-                    if run_dir is not None:
-                        save(epoch, s + 1, epoch_rng)
-                    raise checkpoint.interrupted(stop, last_saved, run_dir)
-                if every and (s + 1) % every == 0 and s + 1 < epoch_steps:
-                    self.seen.numpy()  # the checkpoint's own host sync, only when one is due
-                    clock += time.perf_counter() - t0  # the clock stops while writing, as while evaluating
-                    save(epoch, s + 1, epoch_rng)
-                    t0 = time.perf_counter()
-                reached = res.evals and res.evals[-1].accuracy >= eval_every_until
-                if eval_every and not reached and step % eval_every == 0 and s + 1 < epoch_steps:
-                    self.seen.numpy()  # wait for the step to finish before reading the clock
-                    clock += time.perf_counter() - t0
-                    log_eval(epoch + (s + 1) / self.steps_per_epoch)
-                    t0 = time.perf_counter()
-            seen = float(self.seen.numpy())  # the one host sync of the epoch
-            clock += time.perf_counter() - t0
-            row = loop.epoch_row(epoch, self.loss_sum.numpy(), self.correct.numpy(), seen, self.predict, x_val, y_val)
-            bad = loop.non_finite_key(row)
-            if bad:  # before any checkpoint of these weights: the last good one stays on disk
-                raise checkpoint.non_finite(row[bad], f"epoch {epoch + 1}", last_saved, run_dir)
-            log_eval(epoch + epoch_steps / self.steps_per_epoch)
-            row["train_seconds"] = round(clock - epoch_clock, 3)
-            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
-            res.history.append(row)
-            if run_dir is not None:
-                save(epoch + 1, 0, self.rng.bit_generator.state)
-            if on_epoch:
-                on_epoch(row)
-            if stopping if agree else asked():  # multi-worker: as agreed at the epoch's last step
-                raise checkpoint.interrupted(stop, last_saved, run_dir)
+        result = loop.run(self, loop.total_steps(epochs, self.steps_per_epoch), x_val, y_val, **options)
         if self.ema:  # the run's result is the averaged model
             self._load_average()
             self.ema_in_model = True
-        res.train_seconds = clock
-        res.steps = step
-        res.images = steps_here * self.batch_size  # trained in this call: a resume starts part-way
-        return res
+        return result
+
+    # -- what loop.run asks of a trainer (loop.Trainer) ------------------------------------------
+
+    def train_step(self, idx: np.ndarray, epoch: int, step: int, total: int, stop_asked: bool = False) -> bool:
+        """Queue step ``step`` of ``total`` (its learning rate and window size) on the training images at
+        ``idx`` (int32 ``(batch,)``), seen as in ``epoch``; True when training stops after it: ``stop_asked``,
+        or on several workers whether any of them was asked (the step sums their flags)."""
+        r = self.recipe
+        lr = tf.constant(r.learning_rate * lr_factor(step, total, r.options.lr_end_factor), tf.float32)
+        args = (tf.constant(idx, tf.int32), tf.constant(epoch, tf.int32), lr,
+                epoch < r.options.whiten_bias_epochs)  # a Python bool: see _trained
+        if not self.agrees_on_stop:
+            self._step(*args, crop=self._crop_at(step, total))
+            return stop_asked
+        self._step(*args, tf.constant(float(stop_asked), tf.float32), crop=self._crop_at(step, total))
+        return bool(self.stop_votes.numpy() > 0)  # a host sync per step, multi-worker only
+
+    def sums(self) -> np.ndarray:
+        """float64 ``(3,)``: the epoch's summed loss, correct predictions and images so far (waits for the steps)."""
+        return np.array([v.numpy() for v in (self.loss_sum, self.correct, self.seen)], np.float64)
+
+    def reset_sums(self) -> None:
+        for v in (self.loss_sum, self.correct, self.seen):
+            v.assign(0.0)
+
+    def save_checkpoint(self, run_dir, epochs_done: int, step: int, epoch_rng: dict, history: list[dict],
+                        previous: dict | None) -> dict:
+        """Checkpoint into ``run_dir`` (:meth:`_state` beside the weights and :meth:`_arrays`); return the state.
+        Of several workers only the chief writes; the others keep track of the state."""
+        from cifarlab.training import checkpoint
+
+        state = self._state(epochs_done, step, epoch_rng, history)
+        if self.placement is None or self.placement.is_chief:
+            checkpoint.write(run_dir, self.model, state, self._arrays(), previous=previous)
+        return state
 
     # -- checkpoint state ---------------------------------------------------------------------
 
@@ -531,7 +456,7 @@ class FastTrainer:
         return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
                 "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
                 "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
-                "sums": [float(v.numpy()) for v in (self.loss_sum, self.correct, self.seen)],
+                "sums": self.sums().tolist(),
                 "ema_count": float(self.ema_count.numpy()),
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -541,8 +466,9 @@ class FastTrainer:
         arrays.update({f"ema_{i:03d}": e.numpy() for i, e in enumerate(self.ema)})
         return arrays
 
-    def _restore(self, run_dir, state: dict) -> tuple[int, int]:
-        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer."""
+    def restore_checkpoint(self, run_dir, state: dict) -> tuple[int, int]:
+        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer; returns
+        where it resumes: (epoch, step within it)."""
         from cifarlab.errors import CifarlabError
         from cifarlab.training import checkpoint
 

@@ -27,7 +27,6 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable
 
 import keras
 import numpy as np
@@ -36,7 +35,7 @@ from keras import ops
 from cifarlab.inference.predict import softmax
 from cifarlab.inference.tta import EVAL_BATCH, tta_predict
 from cifarlab.models.fast import init_whitening, logits_model
-from cifarlab.training.loop import EvalPoint, FastResult, crop_at, epoch_row, non_finite_key, train_flops
+from cifarlab.training.loop import FastResult, crop_at, run, total_steps, train_flops
 
 # -- augmentation as index arithmetic (host side) and one gather (in the step) ------------------
 
@@ -84,6 +83,8 @@ class PortableTrainer:
     :meth:`predict_tta` for float32 probabilities. ``placement`` (``training.distribute.Placement``)
     of kind ``dataparallel`` (JAX) splits each step's batch over its devices.
     """
+
+    agrees_on_stop = False  # loop.Trainer: one process, whatever its devices, stops on its own signal
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
                  placement=None):
@@ -220,7 +221,8 @@ class PortableTrainer:
         for v, value in zip(self.optimizer.variables, opt):
             v.assign(value)
 
-    def _sums(self) -> np.ndarray:
+    def sums(self) -> np.ndarray:
+        """float64 ``(3,)``: the epoch's summed loss, correct predictions and images so far (waits for the steps)."""
         return np.asarray(ops.convert_to_numpy(self.state[4]), np.float64)
 
     # -- host side ----------------------------------------------------------------------------
@@ -274,7 +276,7 @@ class PortableTrainer:
         step has run; without, as soon as it is queued."""
         self._train_on(np.asarray(idx, np.int32), 0, 0, True)
         if wait:
-            self._sums()
+            self.sums()
 
     def train_flops(self, stop: int, start: int = 0, total: int | None = None) -> int:
         return train_flops(self.model, self.recipe, self.batch_size, stop, start, total, self.size)
@@ -295,107 +297,40 @@ class PortableTrainer:
             dy = dx = np.zeros(n, np.int64)
         return view_indices(self.size, flips, dy, dx, window)
 
-    def fit(self, epochs: float, x_val=None, y_val=None, eval_x=None, eval_y=None, eval_every: int | None = None,
-            on_epoch: Callable[[dict], None] | None = None, eval_every_until: float = 1.0,
-            run_dir=None, stop=None, progress: bool = False, checkpoint_every: int | None = None) -> FastResult:
-        """Train ``epochs`` epochs (fractions allowed); the arguments and result of ``FastTrainer.fit``.
-
-        With ``run_dir`` the whole state is checkpointed at every epoch end and every
-        ``checkpoint_every`` steps (None: ``checkpoint.DEFAULT_EVERY_STEPS``), and a checkpoint found
-        there resumes at the very next step; ``stop`` (a ``StopRequest``) ends training after the step
-        in progress with a checkpoint and ``Interrupted``. With ``recipe.options.ema_decay`` evaluations use
-        the weight average, and the model holds it when ``fit`` returns.
+    def fit(self, epochs: float, x_val=None, y_val=None, **options) -> FastResult:
+        """Train ``epochs`` epochs (fractions allowed) by :func:`cifarlab.training.loop.run`; the arguments and
+        result of ``FastTrainer.fit``. With ``recipe.options.ema_decay`` evaluations use the weight average,
+        and the model holds it when ``fit`` returns.
         """
-        from cifarlab.training import checkpoint
-
-        r = self.recipe
-        total = max(1, round(epochs * self.steps_per_epoch))
+        total = total_steps(epochs, self.steps_per_epoch)
         self._build(total)
         self.ema_in_model = False
-        res = FastResult()
-        clock = 0.0
-        start_epoch, start_step = 0, 0
-        last_saved = checkpoint.read_state(run_dir) if run_dir is not None else None
-        if last_saved is not None:
-            start_epoch, start_step = self._restore(run_dir, last_saved)
-            res.history = list(last_saved["history"])
-            checkpoint.resuming_notice(last_saved)
-        step = start_epoch * self.steps_per_epoch + start_step
-        every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
-        every = every if run_dir is not None else 0
-        steps_here = 0
-
-        def asked() -> bool:
-            return stop is not None and stop.requested
-
-        def save(epochs_done, step_in_epoch, epoch_rng):
-            nonlocal last_saved
-            self._write_variables()
-            state = self._checkpoint_state(epochs_done, step_in_epoch, epoch_rng, res.history)
-            checkpoint.write(run_dir, self.model, state, self._arrays(), previous=last_saved)
-            last_saved = state
-
-        def log_eval(epoch_float):
-            if eval_x is not None:
-                acc = float((self.predict(eval_x).argmax(1) == eval_y).mean())
-                res.evals.append(EvalPoint(step, round(epoch_float, 3), round(clock, 3), acc))
-
-        for epoch in range(start_epoch, math.ceil(total / self.steps_per_epoch)):
-            epoch_steps = min(self.steps_per_epoch, total - epoch * self.steps_per_epoch)
-            t_epoch = time.perf_counter()
-            epoch_clock = clock
-            first = start_step if epoch == start_epoch else 0
-            if not first:  # a mid-epoch resume restored the sums of the steps before it
-                self.state = (*self.state[:4], self.glue.place(np.zeros(3, np.float32), self.distribution))
-            epoch_rng = self.rng.bit_generator.state  # a resume re-draws this epoch's order from it
-            order = self.rng.permutation(len(self.flip_bits)).astype(np.int32)
-            wb = epoch < r.options.whiten_bias_epochs  # a Python bool: each value compiles its own step
-            t0 = time.perf_counter()
-            bar = keras.utils.Progbar(epoch_steps, unit_name="step") if progress else None
-            for s in range(first, epoch_steps):
-                idx = order[s * self.batch_size:(s + 1) * self.batch_size]
-                self._train_on(idx, epoch, crop_at(r, step, total), wb)
-                if bar is not None:
-                    bar.update(s + 1)
-                step += 1
-                steps_here += 1
-                if asked() and s + 1 < epoch_steps:
-                    if run_dir is not None:
-                        save(epoch, s + 1, epoch_rng)
-                    raise checkpoint.interrupted(stop, last_saved, run_dir)
-                if every and (s + 1) % every == 0 and s + 1 < epoch_steps:
-                    self._sums()  # wait for the step before reading the clock
-                    clock += time.perf_counter() - t0
-                    save(epoch, s + 1, epoch_rng)
-                    t0 = time.perf_counter()
-                reached = res.evals and res.evals[-1].accuracy >= eval_every_until
-                if eval_every and not reached and step % eval_every == 0 and s + 1 < epoch_steps:
-                    self._sums()
-                    clock += time.perf_counter() - t0
-                    log_eval(epoch + (s + 1) / self.steps_per_epoch)
-                    t0 = time.perf_counter()
-            loss_sum, correct, seen = self._sums()  # the one host sync of the epoch
-            clock += time.perf_counter() - t0
-            row = epoch_row(epoch, loss_sum, correct, seen, self.predict, x_val, y_val)
-            bad = non_finite_key(row)
-            if bad:  # before any checkpoint of these weights: the last good one stays on disk
-                raise checkpoint.non_finite(row[bad], f"epoch {epoch + 1}", last_saved, run_dir)
-            log_eval(epoch + epoch_steps / self.steps_per_epoch)
-            row["train_seconds"] = round(clock - epoch_clock, 3)
-            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
-            res.history.append(row)
-            if run_dir is not None:
-                save(epoch + 1, 0, self.rng.bit_generator.state)
-            if on_epoch:
-                on_epoch(row)
-            if asked():
-                raise checkpoint.interrupted(stop, last_saved, run_dir)
+        result = run(self, total, x_val, y_val, **options)
         self._write_variables(averaged=True)  # the run's result is the averaged model, if any
-        self.ema_in_model = bool(r.options.ema_decay)
-        res.train_seconds = clock
-        res.steps = step
-        res.images = steps_here * self.batch_size
-        return res
+        self.ema_in_model = bool(self.recipe.options.ema_decay)
+        return result
+
+    # -- what loop.run asks of a trainer (loop.Trainer) ------------------------------------------
+
+    def train_step(self, idx: np.ndarray, epoch: int, step: int, total: int, stop_asked: bool = False) -> bool:
+        """Queue step ``step`` of ``total`` on the training images at ``idx`` (int32 ``(batch,)``), seen as in
+        ``epoch`` (the optimizer follows the schedule by its own step counter); returns ``stop_asked``."""
+        self._train_on(idx, epoch, crop_at(self.recipe, step, total), epoch < self.recipe.options.whiten_bias_epochs)
+        return stop_asked
+
+    def reset_sums(self) -> None:
+        self.state = (*self.state[:4], self.glue.place(np.zeros(3, np.float32), self.distribution))
+
+    def save_checkpoint(self, run_dir, epochs_done: int, step: int, epoch_rng: dict, history: list[dict],
+                        previous: dict | None) -> dict:
+        """Checkpoint into ``run_dir`` (the state written into the Keras variables, :meth:`_checkpoint_state`
+        and :meth:`_arrays`); return the JSON state."""
+        from cifarlab.training import checkpoint
+
+        self._write_variables()
+        state = self._checkpoint_state(epochs_done, step, epoch_rng, history)
+        checkpoint.write(run_dir, self.model, state, self._arrays(), previous=previous)
+        return state
 
     # -- checkpoint state ---------------------------------------------------------------------
 
@@ -406,7 +341,7 @@ class PortableTrainer:
         return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
                 "trainer": "portable", "backend": keras.backend.backend(), "steps_per_epoch": self.steps_per_epoch,
                 "shuffle_rng": epoch_rng, "augment_rng": self.aug_rng.bit_generator.state,
-                "sums": [float(s) for s in self._sums()], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "sums": [float(s) for s in self.sums()], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         """The optimizer's variables (step counter, momentum buffers) and the weight average."""
@@ -415,7 +350,9 @@ class PortableTrainer:
         arrays.update({f"ema_{i:03d}": np.asarray(ops.convert_to_numpy(e)) for i, e in enumerate(ema)})
         return arrays
 
-    def _restore(self, run_dir, state: dict) -> tuple[int, int]:
+    def restore_checkpoint(self, run_dir, state: dict) -> tuple[int, int]:
+        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer; returns
+        where it resumes: (epoch, step within it)."""
         from cifarlab.errors import CifarlabError
         from cifarlab.training import checkpoint
 
@@ -477,7 +414,7 @@ def train_in(out, cfg, recipe, spec, data, precision: str, config: dict, placeme
         if not quiet:
             val = f", val_loss {row['val_loss']:.4f}, val_accuracy {row['val_accuracy']:.4f}" if "val_loss" in row else ""
             # The epoch's time, scaled by the work left: epochs on smaller windows (recipe.options.crops) cost less.
-            spe, total = trainer.steps_per_epoch, max(1, round(recipe.epochs * trainer.steps_per_epoch))
+            spe, total = trainer.steps_per_epoch, total_steps(recipe.epochs, trainer.steps_per_epoch)
             end = min(row["epoch"] * spe, total)
             done = trainer.train_flops(end, (row["epoch"] - 1) * spe, total)
             left = row["seconds"] * trainer.train_flops(total, end, total) / done if done else 0.0
