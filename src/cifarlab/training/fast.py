@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 
 import keras
 import numpy as np
@@ -42,6 +41,8 @@ class FastTrainer:
     (``training.distribute.Placement``) other than one device, ``model`` built under its scope,
     each step trains data-parallel under its strategy (:meth:`_distributed_step`).
     """
+
+    checkpoint_kind = "fast"  # loop.Trainer: the "trainer" of its checkpoints
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
                  forward: str = "ops", placement=None, jit_compile: bool = False):
@@ -433,32 +434,19 @@ class FastTrainer:
         for v in (self.loss_sum, self.correct, self.seen):
             v.assign(0.0)
 
-    def save_checkpoint(self, run_dir, epochs_done: int, step: int, epoch_rng: dict, history: list[dict],
-                        previous: dict | None) -> dict:
-        """Checkpoint into ``run_dir`` (:meth:`_state` beside the weights and :meth:`_arrays`); return the state.
-        Of several workers only the chief writes; the others keep track of the state."""
+    def save_checkpoint(self, run_dir, state: dict, previous: dict | None) -> dict:
+        """Checkpoint into ``run_dir``: the loop's JSON ``state`` plus the TensorFlow augmentation generator (as
+        the last step left it) and the weight average's count, beside the model and :meth:`_arrays`; return
+        that JSON state. Of several workers only the chief writes; the others keep track of the state."""
         from cifarlab.training import checkpoint
 
-        state = self._state(epochs_done, step, epoch_rng, history)
+        state = {**state, "augment_rng": self.gen.state.numpy().tolist(),
+                 "ema_count": float(self.ema_count.numpy())}
         if self.placement is None or self.placement.is_chief:
             checkpoint.write(run_dir, self.model, state, self._arrays(), previous=previous)
         return state
 
     # -- checkpoint state ---------------------------------------------------------------------
-
-    def _state(self, epochs_done: int, step: int, epoch_rng: dict, history: list[dict]) -> dict:
-        """JSON state beside the weights: position, history, and the random generators.
-
-        ``shuffle_rng`` is the numpy generator's state before it drew the order of the
-        epoch in progress (or the next one), so a resume draws the same order; ``augment_rng``
-        is the TensorFlow generator (random translations and flips) as the last step left it.
-        """
-        return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
-                "trainer": "fast", "steps_per_epoch": self.steps_per_epoch,
-                "shuffle_rng": epoch_rng, "augment_rng": self.gen.state.numpy().tolist(),
-                "sums": self.sums().tolist(),
-                "ema_count": float(self.ema_count.numpy()),
-                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         # The hand-written optimizer's momentum buffers; the model file holds the rest.
@@ -466,24 +454,14 @@ class FastTrainer:
         arrays.update({f"ema_{i:03d}": e.numpy() for i, e in enumerate(self.ema)})
         return arrays
 
-    def restore_checkpoint(self, run_dir, state: dict) -> tuple[int, int]:
-        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer; returns
-        where it resumes: (epoch, step within it)."""
-        from cifarlab.errors import CifarlabError
-        from cifarlab.training import checkpoint
-
-        if state.get("trainer") != "fast" or state.get("steps_per_epoch") != self.steps_per_epoch:
-            raise CifarlabError(f"{checkpoint.path(run_dir)} was not written by this training; "
-                                "move it away to start afresh")
-        checkpoint.load_weights(run_dir, self.model)
-        arrays = checkpoint.read_arrays(run_dir)
+    def restore_checkpoint(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Momentum buffers, weight average, augmentation generator and the epoch's sums from a checkpoint's
+        JSON ``state`` and ``arrays`` (the loop has loaded the weights and sets the shuffle generator)."""
         for i, b in enumerate(self.bufs):
             b.assign(arrays[f"momentum_{i:03d}"])
         for i, (e, v) in enumerate(zip(self.ema, self.averaged)):  # a checkpoint without them: start afresh
             e.assign(arrays[f"ema_{i:03d}"] if f"ema_{i:03d}" in arrays else tf.cast(v, tf.float32))
         self.ema_count.assign(state.get("ema_count", 0.0))
-        self.rng.bit_generator.state = state["shuffle_rng"]
         self.gen.state.assign(np.asarray(state["augment_rng"], dtype=self.gen.state.dtype.as_numpy_dtype))
         for v, value in zip((self.loss_sum, self.correct, self.seen), state["sums"]):
             v.assign(value)
-        return state["epoch"], state["step"]

@@ -135,6 +135,8 @@ class Trainer(Protocol):
     batch_size: int
     n: int  # training images
     rng: np.random.Generator  # draws each epoch's order
+    model: keras.Model  # its weights are the checkpoint's model file
+    checkpoint_kind: str  # a checkpoint's "trainer": only the kind that wrote one resumes it
     agrees_on_stop: bool  # several workers: the step sums their stop flags, and only that sum stops them
 
     def train_step(self, idx: np.ndarray, epoch: int, step: int, total: int, stop_asked: bool) -> bool:
@@ -148,13 +150,14 @@ class Trainer(Protocol):
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
-    def save_checkpoint(self, run_dir, epochs_done: int, step: int, epoch_rng: dict, history: list[dict],
-                        previous: dict | None) -> dict:
-        """Checkpoint the training state at ``step`` of the epoch after ``epochs_done`` (``epoch_rng``: the
-        shuffle generator's state before it drew that epoch's order) into ``run_dir``; return its JSON state."""
+    def save_checkpoint(self, run_dir, state: dict, previous: dict | None) -> dict:
+        """Write a checkpoint into ``run_dir``: the loop's JSON ``state`` (position, history, shuffle
+        generator, sums) with this trainer's own (augmentation generator...), the model's weights and
+        the arrays beside them (optimizer, weight average); return the whole JSON state."""
 
-    def restore_checkpoint(self, run_dir, state: dict) -> tuple[int, int]:
-        """Load ``run_dir``'s checkpoint (``state``: its JSON); return where it resumes: (epoch, step in it)."""
+    def restore_checkpoint(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """The rest of a checkpoint, once the loop has loaded the model's weights: this trainer's state
+        from the JSON ``state`` and the ``arrays`` its :meth:`save_checkpoint` wrote."""
 
 
 def run(trainer: Trainer, total: int, x_val=None, y_val=None, on_epoch=None, run_dir=None, stop=None,
@@ -180,9 +183,8 @@ def run(trainer: Trainer, total: int, x_val=None, y_val=None, on_epoch=None, run
     start_epoch, start_step = 0, 0
     last_saved = checkpoint.read_state(run_dir) if run_dir is not None else None
     if last_saved is not None:
-        start_epoch, start_step = trainer.restore_checkpoint(run_dir, last_saved)
+        start_epoch, start_step = _resume(trainer, run_dir, last_saved)
         res.history = list(last_saved["history"])
-        checkpoint.resuming_notice(last_saved)
     every = checkpoint.DEFAULT_EVERY_STEPS if checkpoint_every is None else checkpoint_every
     every = every if run_dir is not None else 0
     step = start = start_epoch * spe + start_step  # the step drives the schedule
@@ -194,7 +196,11 @@ def run(trainer: Trainer, total: int, x_val=None, y_val=None, on_epoch=None, run
 
     def save(epochs_done, step_in_epoch, epoch_rng):
         nonlocal last_saved
-        last_saved = trainer.save_checkpoint(run_dir, epochs_done, step_in_epoch, epoch_rng, res.history, last_saved)
+        # epoch_rng: the shuffle generator before it drew the order of the epoch in progress (or the next one)
+        state = {"epoch": epochs_done, "step": step_in_epoch, "exact_step": True, "history": res.history,
+                 "trainer": trainer.checkpoint_kind, "steps_per_epoch": spe, "shuffle_rng": epoch_rng,
+                 "sums": trainer.sums().tolist(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        last_saved = trainer.save_checkpoint(run_dir, state, previous=last_saved)
 
     for epoch in range(start_epoch, math.ceil(total / spe)):
         epoch_steps = min(spe, total - epoch * spe)
@@ -242,3 +248,19 @@ def run(trainer: Trainer, total: int, x_val=None, y_val=None, on_epoch=None, run
     res.evals = probe.points if probe is not None else []
     res.train_seconds, res.steps, res.images = clock.seconds, step, (step - start) * batch  # a resume starts part-way
     return res
+
+
+def _resume(trainer: Trainer, run_dir, state: dict) -> tuple[int, int]:
+    """Load ``run_dir``'s checkpoint (``state``: its JSON) into ``trainer`` and its model; return where it
+    resumes: (epoch, step within it). A checkpoint of another trainer or epoch length is refused."""
+    from cifarlab.errors import CifarlabError
+    from cifarlab.training import checkpoint
+
+    if state.get("trainer") != trainer.checkpoint_kind or state.get("steps_per_epoch") != trainer.steps_per_epoch:
+        raise CifarlabError(f"{checkpoint.path(run_dir)} was not written by this training; "
+                            "move it away to start afresh")
+    checkpoint.load_weights(run_dir, trainer.model)
+    trainer.restore_checkpoint(state, checkpoint.read_arrays(run_dir))
+    trainer.rng.bit_generator.state = state["shuffle_rng"]
+    checkpoint.resuming_notice(state)
+    return state["epoch"], state["step"]

@@ -84,7 +84,8 @@ class PortableTrainer:
     of kind ``dataparallel`` (JAX) splits each step's batch over its devices.
     """
 
-    agrees_on_stop = False  # loop.Trainer: one process, whatever its devices, stops on its own signal
+    checkpoint_kind = "portable"  # loop.Trainer: the "trainer" of its checkpoints
+    agrees_on_stop = False  # one process, whatever its devices, stops on its own signal
 
     def __init__(self, model: keras.Model, recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0,
                  placement=None):
@@ -321,27 +322,18 @@ class PortableTrainer:
     def reset_sums(self) -> None:
         self.state = (*self.state[:4], self.glue.place(np.zeros(3, np.float32), self.distribution))
 
-    def save_checkpoint(self, run_dir, epochs_done: int, step: int, epoch_rng: dict, history: list[dict],
-                        previous: dict | None) -> dict:
-        """Checkpoint into ``run_dir`` (the state written into the Keras variables, :meth:`_checkpoint_state`
-        and :meth:`_arrays`); return the JSON state."""
+    def save_checkpoint(self, run_dir, state: dict, previous: dict | None) -> dict:
+        """Checkpoint into ``run_dir``: the loop's JSON ``state`` plus the backend and the augmentation generator
+        (as the last step left it), beside the model (the step's state written into its variables first) and
+        :meth:`_arrays`; return that JSON state."""
         from cifarlab.training import checkpoint
 
         self._write_variables()
-        state = self._checkpoint_state(epochs_done, step, epoch_rng, history)
+        state = {**state, "backend": keras.backend.backend(), "augment_rng": self.aug_rng.bit_generator.state}
         checkpoint.write(run_dir, self.model, state, self._arrays(), previous=previous)
         return state
 
     # -- checkpoint state ---------------------------------------------------------------------
-
-    def _checkpoint_state(self, epochs_done: int, step: int, epoch_rng: dict, history: list[dict]) -> dict:
-        """JSON state beside the weights: position, history, the epoch's sums and both numpy generators
-        (``shuffle_rng`` as it was before drawing the order of the epoch in progress, or the next one;
-        ``augment_rng`` as the last step left it)."""
-        return {"epoch": epochs_done, "step": step, "exact_step": True, "history": history,
-                "trainer": "portable", "backend": keras.backend.backend(), "steps_per_epoch": self.steps_per_epoch,
-                "shuffle_rng": epoch_rng, "augment_rng": self.aug_rng.bit_generator.state,
-                "sums": [float(s) for s in self.sums()], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         """The optimizer's variables (step counter, momentum buffers) and the weight average."""
@@ -350,24 +342,15 @@ class PortableTrainer:
         arrays.update({f"ema_{i:03d}": np.asarray(ops.convert_to_numpy(e)) for i, e in enumerate(ema)})
         return arrays
 
-    def restore_checkpoint(self, run_dir, state: dict) -> tuple[int, int]:
-        """Load the checkpoint of ``run_dir`` (``state``: its JSON) into the model and this trainer; returns
-        where it resumes: (epoch, step within it)."""
-        from cifarlab.errors import CifarlabError
-        from cifarlab.training import checkpoint
-
-        if state.get("trainer") != "portable" or state.get("steps_per_epoch") != self.steps_per_epoch:
-            raise CifarlabError(f"{checkpoint.path(run_dir)} was not written by this training; "
-                                "move it away to start afresh")
-        checkpoint.load_weights(run_dir, self.model)
-        arrays = checkpoint.read_arrays(run_dir)
+    def restore_checkpoint(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Optimizer, weight average, the epoch's sums and augmentation generator from a checkpoint's JSON
+        ``state`` and ``arrays``, as the step's state (the loop has loaded the weights and sets the shuffle
+        generator)."""
         for i, v in enumerate(self.optimizer.variables):
             v.assign(arrays[f"optimizer_{i:03d}"])
         ema = [arrays[f"ema_{i:03d}"] for i in range(len(self.state[3]))]
         self._state_from_variables(ema, state["sums"])
-        self.rng.bit_generator.state = state["shuffle_rng"]
         self.aug_rng.bit_generator.state = state["augment_rng"]
-        return state["epoch"], state["step"]
 
 
 def make_trainer(model, recipe, x_train, y_train, seed: int = 0, placement=None, portable: bool | None = None):
