@@ -249,11 +249,11 @@ class PrivateNetwork:
 
 
 def _stopped(signum: int, out: str) -> str:
-    """The launcher's one line after passing a signal on: where the workers' checkpoint stands."""
-    from cifarlab._tf import import_quietly
+    """The launcher's one line after passing a signal on: where the workers' checkpoint stands.
 
-    import_quietly()  # the checkpoint module imports Keras
-    from cifarlab.training import checkpoint
+    Read without Keras (``saved_state``): importing TensorFlow here made the line come seconds after
+    the workers had stopped."""
+    from cifarlab.training import saved_state as checkpoint
 
     try:
         saved = checkpoint.read_state(out)

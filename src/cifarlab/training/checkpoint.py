@@ -53,9 +53,9 @@ import numpy as np
 
 from cifarlab.errors import CifarlabError
 from cifarlab.fileio import atomic_path, fresh_dir, write_json
+from cifarlab.training.saved_state import FILE, FOLDER, STATE_ATTR, path, read_state, where  # noqa: F401
 from cifarlab.training.signals import Interrupted, StopRequest
 
-FOLDER = "checkpoint"
 # Written when a run claims its folder: only a folder holding it is ever resumed (a Hugging Face
 # model folder has a config.json too). ``format`` changes when run directories change incompatibly.
 MARKER = ".cifarlab-run"
@@ -64,8 +64,6 @@ MARKER_FORMAT = 1
 LOCK = ".cifarlab-run.lock"
 # What a run writes before its first checkpoint: all a failure then removes, and only if this attempt made it.
 EARLY_FILES = ("config.json", "tensorboard", FOLDER, MARKER, LOCK)
-FILE = "latest.weights.h5"
-STATE_ATTR = "cifarlab_state"
 ARRAYS_GROUP = "cifarlab_arrays"  # extra state arrays (the fast loop's momentum buffers)
 # Default for `--checkpoint-every`: on the full CIFAR-10 training set with batch 32 an epoch
 # is 1,407 steps, so a crash loses at most about a third of an epoch. A checkpoint of the
@@ -85,53 +83,6 @@ class NonFiniteLoss(CifarlabError):
 def check_every(steps: int | None) -> None:
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise CifarlabError(f"--checkpoint-every must be a whole number of steps (0: epochs only), not {steps!r}")
-
-
-def path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / FOLDER / FILE
-
-
-def read_state(run_dir: str | Path) -> dict | None:
-    """The saved training state of a run directory, or None when it has no checkpoint."""
-    import h5py
-
-    p = path(run_dir)
-    if not p.is_file():
-        return None
-    try:
-        with h5py.File(p, "r") as f:
-            state = json.loads(f.attrs[STATE_ATTR])
-    except (OSError, KeyError, ValueError) as e:
-        raise CifarlabError(f"{p}: unreadable checkpoint ({e}); move it away to start the run afresh") from None
-    problem = _state_problem(state)
-    if problem:
-        raise CifarlabError(f"{p}: unreadable checkpoint ({problem}); move it away to start the run afresh")
-    return state
-
-
-def _state_problem(state) -> str | None:
-    """What is wrong with a checkpoint's JSON state (words), or None: the fields every resume reads."""
-    def whole(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    if not isinstance(state, dict):
-        return "its state is not a JSON object"
-    if not whole(state.get("epoch")) or not whole(state.get("step")):
-        return "epoch and step must be whole numbers"
-    history = state.get("history")
-    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
-        return "history must be a list of epochs"
-    if state.get("trainer") == "fast":
-        kinds = {"shuffle_rng": dict, "augment_rng": list, "sums": list, "steps_per_epoch": int}
-        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
-        if wrong:
-            return f"{', '.join(wrong)} missing or of the wrong type"
-    rng = state.get("rng")  # Keras' fit path; a resume without it is refused where it is read
-    if rng is not None and not (isinstance(rng, dict) and isinstance(rng.get("numpy"), list)
-                                and len(rng["numpy"]) == 5 and isinstance(rng.get("python"), list)
-                                and len(rng["python"]) == 3):
-        return "rng must hold the numpy and Python generator states"
-    return None
 
 
 @dataclass
@@ -294,14 +245,6 @@ def after_failure(run: Claim) -> None:
 def finish(out: Path) -> None:
     """After ``metrics.json``: the run is complete and its checkpoint is no longer needed."""
     shutil.rmtree(out / FOLDER, ignore_errors=True)
-
-
-def where(state: dict | None) -> str:
-    """Where a saved state stands, in words: "after epoch 2", "epoch 3, step 40" or "none yet"."""
-    if not state:
-        return "none yet"
-    return (f"after epoch {state['epoch']}" if not state["step"]
-            else f"epoch {state['epoch'] + 1}, step {state['step']}")
 
 
 def write(run_dir: str | Path, model, state: dict, arrays: dict[str, np.ndarray] | None = None,
