@@ -17,6 +17,9 @@ def value_and_grad(fn):
 
 
 def compile_step(fn):
+    """``fn`` under ``no_grad``, eager: ``torch.compile`` of the portable step measured 0.95x the eager speed
+    on a 2-core AVX2 EPYC (quick, batch 500: 1108 vs 1048 ms a step, 34-65 s to compile; Keras' layers
+    graph-break under dynamo), so it is not used (``benchmarks/torch_compile.py``, RESULTS.md ``torch_compile``)."""
     def step(*args, **kwargs):
         with torch.no_grad():
             return fn(*args, **kwargs)
