@@ -58,6 +58,18 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600)
             "peak_rss_mib": peak}
 
 
+def worktree(ref: str, prefix: str) -> Path:
+    """A detached git worktree of ``ref`` in a new temporary folder named ``prefix...`` (removed at exit):
+    the baseline tree a benchmark runs beside this one."""
+    import atexit
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix)) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), ref], check=True)
+    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)])
+    return path
+
+
 def record(name: str, figures: dict, table: str) -> Path:
     """Write ``results/NAME.json`` and replace the ``## NAME`` section of RESULTS.md."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

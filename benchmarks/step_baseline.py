@@ -18,17 +18,15 @@ Writes ``benchmarks/results/step_baseline.json`` and the ``step_baseline`` secti
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_ARCHIVE, record  # noqa: E402
+from _common import ROOT, SHARED_ARCHIVE, record, worktree  # noqa: E402
 
 CHILD = r'''
 import json, sys, time
@@ -71,13 +69,6 @@ out["quick_loss"] = res.history[-1]["loss"]
 out["quick_test_probs_sum"] = float(np.asarray(qt.predict(d.x_test[:500]), np.float64).sum())
 print("RESULT=" + json.dumps(out))
 '''
-
-
-def worktree(ref: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="step-baseline-")) / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), ref], check=True)
-    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)])
-    return path
 
 
 def child(tree: Path, args) -> dict:
@@ -126,7 +117,7 @@ def main() -> int:
     if args.record:
         write_record(json.loads(Path(args.record).read_text()))
         return 0
-    trees = {"this tree": ROOT, args.baseline: worktree(args.baseline)}
+    trees = {"this tree": ROOT, args.baseline: worktree(args.baseline, "step-baseline-")}
     runs = []
     for i in range(args.pairs):
         for name in (list(trees) if i % 2 == 0 else list(trees)[::-1]):

@@ -338,7 +338,12 @@ def main():
         plan += fast[1:]
     if "pipeline" in only:
         plan.append(("pipeline", ()))
-    base_script = _worktree(args.baseline) / "benchmarks" / "time_to_accuracy.py" if args.baseline else None
+    if args.baseline:
+        from _common import worktree
+
+        base_script = worktree(args.baseline, "tta-baseline-") / "benchmarks" / "time_to_accuracy.py"
+    else:
+        base_script = None
     if base_script:
         results["baseline"] = args.baseline
     for kind, extra in plan:
@@ -354,17 +359,6 @@ def main():
         print(f"RESULTS.md left as it is; to table these figures: --markdown --out {out}")
         return
     write_markdown(results)
-
-
-def _worktree(ref: str) -> Path:
-    """A detached git worktree of ``ref`` in a temporary folder (removed at exit)."""
-    import atexit
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="tta-baseline-")) / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), ref], check=True)
-    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)])
-    return path
 
 
 def _cpu_name() -> str:
