@@ -253,18 +253,18 @@ def _stopped(signum: int, out: str) -> str:
 
     Read without Keras (``saved_state``): importing TensorFlow here made the line come seconds after
     the workers had stopped."""
-    from cifarlab.training import saved_state as checkpoint
+    from cifarlab.training import saved_state
 
     try:
-        saved = checkpoint.read_state(out)
+        saved = saved_state.read_state(out)
     except CifarlabError:
         saved = None
     name = signal.Signals(signum).name
     if saved is None:
         return (f"cifarlab: stopped by {name} before the first checkpoint; "
                 f"the same command starts the run again (--out {out})")
-    return (f"cifarlab: stopped by {name}; the workers saved a checkpoint ({checkpoint.where(saved)}) in "
-            f"{checkpoint.path(out).parent}. To resume, run the same command again (--out {out})")
+    return (f"cifarlab: stopped by {name}; the workers saved a checkpoint ({saved_state.where(saved)}) in "
+            f"{saved_state.path(out).parent}. To resume, run the same command again (--out {out})")
 
 
 def _watch(procs: list[subprocess.Popen], received: list[int], out: str) -> int:
