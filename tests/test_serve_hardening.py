@@ -392,6 +392,10 @@ def test_connections_over_the_limit_get_503(strict):
         r = strict.session.get(strict.url + "/health", headers={"Connection": "close"})
         HOSTILE["http"] += 1
         assert r.status_code == 503
+        # a prediction request too: uvicorn answers it without the app, so it must not take an in-flight slot
+        r = strict.session.post(strict.url + "/predict", data=b"x", headers={"Connection": "close"})
+        HOSTILE["http"] += 1
+        assert r.status_code == 503
     finally:
         for c in idle:
             c.close()
@@ -401,6 +405,7 @@ def test_connections_over_the_limit_get_503(strict):
         time.sleep(0.05)
     else:
         pytest.fail("connections did not come back after the idle ones closed")
+    assert strict.session.get(strict.url + "/health").json()["inflight"] == 0
 
 
 def test_open_files_limit_is_raised_for_the_connection_limit():
