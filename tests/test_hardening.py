@@ -321,7 +321,9 @@ def test_a_bad_marker_or_checkpoint_state_is_refused_untouched(tmp_path):
     states = {"a-list": "[]", "no-epoch": '{"step": 0, "history": []}', "epoch-a-string":
               '{"epoch": "2", "step": 0, "history": []}', "history-not-a-list":
               '{"epoch": 1, "step": 0, "history": 5}', "rng-a-list": '{"epoch": 1, "step": 0, "history": [], "rng": []}',
-              "not-json": "{"}
+              "not-json": "{",
+              "portable-without-shuffle-rng": '{"epoch": 1, "step": 0, "history": [], "trainer": "portable", '
+                                              '"sums": [0, 0, 0], "steps_per_epoch": 5, "augment_rng": {}}'}
     for name, raw in states.items():
         HOSTILE.append(f"checkpoint:{name}")
         with h5py.File(target, "w") as f:

@@ -15,6 +15,9 @@ from cifarlab.errors import CifarlabError
 FOLDER = "checkpoint"
 FILE = "latest.weights.h5"
 STATE_ATTR = "cifarlab_state"
+# The fast loop's trainers, by the "trainer" of their checkpoints: the JSON type of their own augmentation
+# generator's state (TensorFlow's as a list, numpy's bit-generator state as a dict).
+AUGMENT_RNG = {"fast": list, "portable": dict}
 
 
 def path(run_dir: str | Path) -> Path:
@@ -51,8 +54,9 @@ def _state_problem(state) -> str | None:
     history = state.get("history")
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         return "history must be a list of epochs"
-    if state.get("trainer") == "fast":
-        kinds = {"shuffle_rng": dict, "augment_rng": list, "sums": list, "steps_per_epoch": int}
+    if state.get("trainer") in AUGMENT_RNG:  # the fast loop's (training/loop.py), whichever trainer ran it
+        kinds = {"shuffle_rng": dict, "sums": list, "steps_per_epoch": int,
+                 "augment_rng": AUGMENT_RNG[state["trainer"]]}
         wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
         if wrong:
             return f"{', '.join(wrong)} missing or of the wrong type"
