@@ -65,20 +65,26 @@ def assign_folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 class FoldResult:
     """One fold: ``held_out`` int64 positions, ``probs`` float32 ``(len(held_out), classes)`` out of
     sample; ``emb_train``/``emb_test`` float16 ``(N, d)`` embeddings of every train / test image by
-    this fold's net; ``test_probs`` float32 ``(N_test, classes)``; ``seconds`` of training."""
+    this fold's net; ``train_probs`` float16 ``(N, classes)`` this net's probabilities for every
+    training image (in sample but for the held-out fold); ``test_probs`` float32 ``(N_test, classes)``;
+    ``seconds`` of training."""
 
     fold: int
     held_out: np.ndarray
     probs: np.ndarray
     emb_train: np.ndarray
     emb_test: np.ndarray
+    train_probs: np.ndarray
     test_probs: np.ndarray
     seconds: float
 
 
+FORMAT = 2  # fold files of format 1 had no train_probs
+
+
 def fingerprint(settings: dict, y: np.ndarray, x: np.ndarray) -> str:
     """What a fold file must have been made from to be reused: settings, labels and a pixel sample."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps({**settings, "fold_format": FORMAT}, sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(x[:: max(1, len(x) // 512)]).tobytes())
     return h.hexdigest()[:32]
@@ -91,7 +97,8 @@ def fold_path(folds_dir: Path, k: int) -> Path:
 def save_fold(path: Path, r: FoldResult, key: str) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, key=np.array(key), fold=np.array(r.fold), held_out=r.held_out, probs=r.probs,
-                 emb_train=r.emb_train, emb_test=r.emb_test, test_probs=r.test_probs, seconds=np.array(r.seconds))
+                 emb_train=r.emb_train, emb_test=r.emb_test, train_probs=r.train_probs,
+                 test_probs=r.test_probs, seconds=np.array(r.seconds))
 
 
 def load_fold(path: Path, key: str) -> FoldResult | None:
@@ -105,30 +112,35 @@ def load_fold(path: Path, key: str) -> FoldResult | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             saved_key = str(z["key"])
-            r = FoldResult(int(z["fold"]), z["held_out"], z["probs"], z["emb_train"], z["emb_test"], z["test_probs"],
-                           float(z["seconds"]))
+            # The key first: a fold file of another audit (or an older format) is not "damaged".
+            r = None if saved_key != key else FoldResult(
+                int(z["fold"]), z["held_out"], z["probs"], z["emb_train"], z["emb_test"], z["train_probs"],
+                z["test_probs"], float(z["seconds"]))
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a damaged file
         raise CifarlabError(f"{path}: damaged fold file ({type(e).__name__}); delete it to retrain that fold") from None
-    if saved_key != key:
+    if r is None:
         raise CifarlabError(f"{path} is from an audit with other settings or data; "
                             "choose another -o folder or delete its folds/ to start afresh")
     return r
 
 
 def embedder(model):
-    """A function: uint8 images ``(N, 32, 32, 3)`` -> float16 ``(N, d)`` outputs of the penultimate layer."""
+    """A function: uint8 images ``(N, 32, 32, 3)`` -> (float16 ``(N, d)`` outputs of the penultimate
+    layer, float16 ``(N, classes)`` probabilities), from one forward pass."""
     import keras
     import tensorflow as tf
 
-    view = keras.Model(model.inputs, model.get_layer(EMBED_LAYER).output)
-    call = tf.function(lambda xb: tf.cast(view(tf.cast(xb, tf.float32), training=False), tf.float32),
+    view = keras.Model(model.inputs, [model.get_layer(EMBED_LAYER).output, model.output])
+    call = tf.function(lambda xb: [tf.cast(t, tf.float32) for t in view(tf.cast(xb, tf.float32), training=False)],
                        autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)])
 
-    def embed(x: np.ndarray) -> np.ndarray:
-        out = np.empty((len(x), view.output_shape[-1]), dtype=np.float16)
+    def embed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        emb = np.empty((len(x), view.output_shape[0][-1]), dtype=np.float16)
+        probs = np.empty((len(x), view.output_shape[1][-1]), dtype=np.float16)
         for i in range(0, len(x), EMBED_BATCH):
-            out[i:i + EMBED_BATCH] = call(tf.constant(x[i:i + EMBED_BATCH])).numpy()
-        return out
+            e, p = call(tf.constant(x[i:i + EMBED_BATCH]))
+            emb[i:i + EMBED_BATCH], probs[i:i + EMBED_BATCH] = e.numpy(), p.numpy()
+        return emb, probs
 
     return embed
 
@@ -150,7 +162,8 @@ def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: n
     probs = trainer.predict_tta(x[held_out]).astype(np.float32)
     test_probs = trainer.predict(x_test).astype(np.float32)
     embed = embedder(model)
-    r = FoldResult(k, held_out.astype(np.int64), probs, embed(x), embed(x_test), test_probs, round(seconds, 2))
+    (emb_train, train_probs), (emb_test, _) = embed(x), embed(x_test)
+    r = FoldResult(k, held_out.astype(np.int64), probs, emb_train, emb_test, train_probs, test_probs, round(seconds, 2))
     # The trainer's compiled functions hold the fold's training images as constants: let them go
     # (not keras.backend.clear_session: it would also reset the dtype policy the folds train under).
     del trainer, model, embed
