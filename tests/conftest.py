@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 # folder, and downloads go to a closed loopback port unless a test serves files.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# `-n auto` (pyproject.toml): one test process per core, at most 4. Most tests start processes or wait on
+# servers, so one process keeps 2 cores about 58 % busy; more than 4 processes of TensorFlow would only
+# contend for memory bandwidth. PYTEST_XDIST_AUTO_NUM_WORKERS or -n N overrides it, -n 0 runs in one.
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_PROCESSES))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
