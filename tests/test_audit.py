@@ -114,6 +114,8 @@ def test_finds_the_planted_flip_duplicates_leak_and_blank(audited):
     assert [r["path"] for r in rows if r["kind"] == "blank"] == [str(planted["blank"].resolve())]
     assert len([r for r in rows if r["kind"] in ("duplicate", "leak")]) == 3  # nothing unplanted
     summary = json.loads((out / "audit.json").read_text())
+    # 30 steps on 48 images a fold: the nets memorise the flip, so only the out-of-fold net finds it.
+    assert summary["label_method"]["probabilities"].startswith("out-of-fold net alone"), summary["label_method"]
     assert summary["counts"]["leak"] == 1 and summary["test"]["leaked_images"] == 1
     assert summary["data"]["num_train"] == 3 * PER_CLASS + 4 and summary["folds"]["trained_now"] == [0, 1, 2]
     assert sorted(p.name for p in (out / "folds").iterdir()) == ["fold_0.npz", "fold_1.npz", "fold_2.npz"]
@@ -268,3 +270,32 @@ def test_bad_input_is_one_line(capsys, tiny, tmp_path, audited):
     bad.write_text(text[0] + "\n" + "label,train,99999,,red,blue,0.5,,,,\n")
     _one_line_error(capsys, [*train, "--exclude", str(bad)], "another dataset")
     assert not (tmp_path / "r").exists()
+
+
+def test_label_probabilities_use_every_fold_net_unless_they_memorised():
+    from cifarlab.audit.labels import choose_probs
+
+    rng = np.random.default_rng(0)
+    n, k = 600, 5
+    y = rng.integers(0, 3, n)
+    clean = np.full((n, 3), 0.05, np.float32)
+    clean[np.arange(n), y] = 0.9
+    flipped = np.arange(0, n, 20)  # 30 images the out-of-fold net gives to the next class
+    oof = clean.copy()
+    oof[flipped] = 0.05
+    oof[flipped, (y[flipped] + 1) % 3] = 0.9
+    insample = clean * 0.9 + 0.1 / 3  # less confident than out of fold, but agreeing on the clean images
+    unfitted = _unfitted(insample, flipped, y)  # the nets that trained on the flips still doubt them
+    probs, info = choose_probs(y, oof, unfitted, k)
+    assert info["probabilities"] == "mean of the 5 fold nets" and info["memorised_share"] == 0.0
+    assert np.allclose(probs, (oof + (k - 1) * unfitted) / k)
+    probs, info = choose_probs(y, oof, insample, k)  # the nets that trained on the flips fit them
+    assert info["probabilities"].startswith("out-of-fold net alone") and info["memorised_share"] == 1.0
+    assert np.array_equal(probs, oof)
+
+
+def _unfitted(insample, flipped, y):
+    out = insample.copy()
+    out[flipped] = 0.1
+    out[flipped, (y[flipped] + 1) % 3] = 0.8
+    return out

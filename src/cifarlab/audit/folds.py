@@ -174,12 +174,14 @@ def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: n
 @dataclass
 class CrossFit:
     """All folds together: ``probs`` float32 ``(N, classes)`` out of sample for every training image,
-    ``emb_train`` float32 ``(N, folds * d)`` and ``emb_test`` ``(N_test, folds * d)`` (each fold's
+    ``insample_probs`` float32 ``(N, classes)`` the mean of the ``k - 1`` nets that trained on each
+    image, ``emb_train`` float32 ``(N, folds * d)`` and ``emb_test`` ``(N_test, folds * d)`` (each fold's
     embedding L2-normalised, then side by side), ``test_probs`` the folds' mean on the test set,
     ``trained`` the folds trained by this call (the others were read back)."""
 
     fold: np.ndarray
     probs: np.ndarray
+    insample_probs: np.ndarray
     emb_train: np.ndarray
     emb_test: np.ndarray
     test_probs: np.ndarray
@@ -212,10 +214,13 @@ def cross_fit(x, y, x_test, k: int, recipe, spec, num_classes: int, folds_dir: P
         if not quiet:
             _progress(j + 1, k, r, j in trained, y, time.perf_counter() - t_start, len(trained))
     probs = np.zeros((len(y), num_classes), dtype=np.float32)
+    insample = np.zeros((len(y), num_classes), dtype=np.float32)
     for r in results:
         probs[r.held_out] = r.probs
+        insample += r.train_probs
+        insample[r.held_out] -= r.train_probs[r.held_out]
     return CrossFit(
-        fold=fold, probs=probs,
+        fold=fold, probs=probs, insample_probs=insample / (k - 1),
         emb_train=np.concatenate([_normalised(r.emb_train) for r in results], axis=1),
         emb_test=np.concatenate([_normalised(r.emb_test) for r in results], axis=1),
         test_probs=np.mean([r.test_probs for r in results], axis=0),

@@ -153,11 +153,13 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
                      "detail": detail})
 
     t0 = time.perf_counter()
-    issues = labels.label_issues(ds.y_train, cf.probs)
+    label_probs, label_choice = labels.choose_probs(ds.y_train, cf.probs, cf.insample_probs, len(cf.seconds))
+    issues = labels.label_issues(ds.y_train, label_probs)
     for i, s, score in zip(issues["index"], issues["suggested"], issues["score"]):
-        p = cf.probs[i]
-        add("label", "train", i, names[ds.y_train[i]], names[s], score,
-            f"out-of-fold probability {p[ds.y_train[i]]:.3f} for the given label, {p[s]:.3f} for {names[s]}")
+        o, n, g = cf.probs[i], cf.insample_probs[i], ds.y_train[i]
+        add("label", "train", i, names[g], names[s], score,
+            f"probability {o[g]:.3f} for the given label, {o[s]:.3f} for {names[s]} out of fold; "
+            f"{n[g]:.3f} and {n[s]:.3f} from the nets that trained on it")
     timings["label_seconds"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
@@ -217,7 +219,8 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
     summary = {
         "counts": counts,
         "per_class": per_class,
-        "label_method": {"library": "cleanlab", "filter_by": labels.FILTER_BY, "ranked_by": labels.RANK_BY},
+        "label_method": {"library": "cleanlab", "filter_by": labels.FILTER_BY, "ranked_by": labels.RANK_BY,
+                         **label_choice},
         "out_of_fold_accuracy": round(float((cf.probs.argmax(1) == ds.y_train).mean()), 4),
         "test": {
             "accuracy": round(float((pred == ds.y_test).mean()), 4),
