@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
     ap.add_argument("--noise-seed", type=int, required=True)
     ap.add_argument("--flips", type=int, default=1000)
+    ap.add_argument("--name", default="audit-tuning-methods", help="results/NAME.json and the RESULTS.md section")
     a = ap.parse_args()
     work = Path(a.work)
     noisy = work / f"cifar10-flipped-{a.flips}-seed{a.noise_seed}.tar"
@@ -64,9 +65,9 @@ def main() -> None:
     table += [f"| {r['probs']} | {r['filter_by']}" + (f", frac_noise {r['frac_noise']}" if "frac_noise" in r else f", {r['count']}")
               + f" | {r['flagged']:,} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |" for r in rows]
     accuracy = {name: round(float((p.argmax(1) == y).mean()), 4) for name, p in sources.items()}
-    record("audit-tuning-methods", {"noise_seed": a.noise_seed, "flips": a.flips, "accuracy": accuracy,
+    record(a.name, {"noise_seed": a.noise_seed, "flips": a.flips, "accuracy": accuracy,
                                     "rows": rows},
-           f"`benchmarks/audit_tuning.py --noise-seed {a.noise_seed}`: cleanlab settings on the fold files of the "
+           f"`benchmarks/audit_tuning.py --noise-seed {a.noise_seed} --work {a.work}`: cleanlab settings on the fold files of the "
            f"tuning audit; accuracy on the noisy labels: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items())
            + ".\n\n" + "\n".join(table))
 
