@@ -9,11 +9,10 @@ import numpy as np
 FILTER_BY = "low_self_confidence"
 RANK_BY = "self_confidence"
 # The probabilities: the mean of all k fold nets (the one that held the image out and the k - 1 that
-# trained on it), which are more accurate than the out-of-fold net alone, so the confident joint
-# overcounts less (F1 0.763 against 0.648 on the tuning copy: docs/audit.md) -- unless the nets
-# memorised their training labels, as they do on small datasets: then the out-of-fold net alone.
-# Memorised: more than MEMORISED_MAX of the out-of-fold issues get over FITTED for their given label
-# from the nets that trained on them (on CIFAR-10: none of 1,649; on the tests' tiny folder: all).
+# trained on it). They are more accurate than the out-of-fold net alone, so the confident joint
+# overcounts less; but nets memorise the labels of a small dataset, and then only the out-of-fold net
+# can doubt one. Memorised: more than MEMORISED_MAX of the out-of-fold issues get over FITTED for their
+# given label from the nets that trained on them (docs/audit.md, "which probabilities").
 FITTED = 0.5
 MEMORISED_MAX = 0.5
 
@@ -27,7 +26,8 @@ def choose_probs(y: np.ndarray, out_of_fold: np.ndarray, insample: np.ndarray, k
     fitted = float((insample[oof_issues, y[oof_issues]] > FITTED).mean()) if len(oof_issues) else 0.0
     info = {"memorised_share": round(fitted, 4), "memorised_max": MEMORISED_MAX}
     if fitted > MEMORISED_MAX:
-        return np.asarray(out_of_fold, dtype=np.float32), {"probabilities": "out-of-fold net alone (the nets memorised their labels)", **info}
+        how = "out-of-fold net alone (the nets memorised their labels)"
+        return np.asarray(out_of_fold, dtype=np.float32), {"probabilities": how, **info}
     probs = (out_of_fold + (k - 1) * insample) / k
     return probs.astype(np.float32), {"probabilities": f"mean of the {k} fold nets", **info}
 
