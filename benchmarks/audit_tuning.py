@@ -35,6 +35,8 @@ def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
 
 
 def main() -> None:
+    from cifarlab.audit.folds import pool
+    from cifarlab.audit.labels import all_nets
     from cifarlab.data import load_dataset
 
     ap = argparse.ArgumentParser()
@@ -48,14 +50,12 @@ def main() -> None:
     flipped = planted_copy(SHARED_ARCHIVE, noisy, a.flips, a.noise_seed)
     y = load_dataset(noisy, validate_on="test", quiet=True).y_train
     folds = sorted((work / f"audit-noisy-seed{a.noise_seed}" / "folds").glob("fold_*.npz"))
-    oof, insample = np.zeros((len(y), 10), dtype=np.float32), np.zeros((len(y), 10), dtype=np.float32)
+    arrays = []
     for f in folds:
         with np.load(f) as z:
-            oof[z["held_out"]] = z["probs"]
-            inside = np.ones(len(y), dtype=bool)
-            inside[z["held_out"]] = False
-            insample[inside] += z["train_probs"][inside].astype(np.float32) / (len(folds) - 1)
-    sources = {"out of fold": oof, "in sample": insample, "all nets": (oof + (len(folds) - 1) * insample) / len(folds)}
+            arrays.append((z["held_out"], z["probs"], z["train_probs"]))
+    oof, insample = pool(arrays, len(y), 10)
+    sources = {"out of fold": oof, "in sample": insample, "all nets": all_nets(oof, insample, len(folds))}
     rows = []
     for source, probs in sources.items():
         rows += method_rows(y, probs, flipped, a.flips, source)
@@ -65,8 +65,7 @@ def main() -> None:
     table += [f"| {r['probs']} | {r['filter_by']}" + (f", frac_noise {r['frac_noise']}" if "frac_noise" in r else f", {r['count']}")
               + f" | {r['flagged']:,} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |" for r in rows]
     accuracy = {name: round(float((p.argmax(1) == y).mean()), 4) for name, p in sources.items()}
-    record(a.name, {"noise_seed": a.noise_seed, "flips": a.flips, "accuracy": accuracy,
-                                    "rows": rows},
+    record(a.name, {"noise_seed": a.noise_seed, "flips": a.flips, "accuracy": accuracy, "rows": rows},
            f"`benchmarks/audit_tuning.py --noise-seed {a.noise_seed} --work {a.work}`: cleanlab settings on the fold files of the "
            f"tuning audit; accuracy on the noisy labels: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items())
            + ".\n\n" + "\n".join(table))

@@ -273,7 +273,7 @@ def test_bad_input_is_one_line(capsys, tiny, tmp_path, audited):
 
 
 def test_label_probabilities_use_every_fold_net_unless_they_memorised():
-    from cifarlab.audit.labels import choose_probs
+    from cifarlab.audit.labels import find, label_issues
 
     rng = np.random.default_rng(0)
     n, k = 600, 5
@@ -286,12 +286,14 @@ def test_label_probabilities_use_every_fold_net_unless_they_memorised():
     oof[flipped, (y[flipped] + 1) % 3] = 0.9
     insample = clean * 0.9 + 0.1 / 3  # less confident than out of fold, but agreeing on the clean images
     unfitted = _unfitted(insample, flipped, y)  # the nets that trained on the flips still doubt them
-    probs, info = choose_probs(y, oof, unfitted, k)
+    issues, info = find(y, oof, unfitted, k)
     assert info["probabilities"] == "mean of the 5 fold nets" and info["memorised_share"] == 0.0
-    assert np.allclose(probs, (oof + (k - 1) * unfitted) / k)
-    probs, info = choose_probs(y, oof, insample, k)  # the nets that trained on the flips fit them
+    expected = label_issues(y, (oof + (k - 1) * unfitted) / k)
+    assert np.array_equal(issues["index"], expected["index"]) and np.allclose(issues["score"], expected["score"])
+    issues, info = find(y, oof, insample, k)  # the nets that trained on the flips fit them
     assert info["probabilities"].startswith("out-of-fold net alone") and info["memorised_share"] == 1.0
-    assert np.array_equal(probs, oof)
+    expected = label_issues(y, oof)
+    assert np.array_equal(issues["index"], expected["index"]) and np.allclose(issues["score"], expected["score"])
 
 
 def _unfitted(insample, flipped, y):

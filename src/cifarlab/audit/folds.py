@@ -189,6 +189,19 @@ class CrossFit:
     trained: list[int]
 
 
+def pool(folds, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(n, num_classes)`` twice: each image's out-of-fold probabilities, and the mean of the
+    ``k - 1`` nets that trained on it. ``folds``: one ``(held_out, probs, train_probs)`` per fold, as
+    in :class:`FoldResult`."""
+    probs = np.zeros((n, num_classes), dtype=np.float32)
+    insample = np.zeros((n, num_classes), dtype=np.float32)
+    for held_out, held_out_probs, train_probs in folds:
+        probs[held_out] = held_out_probs
+        insample += train_probs
+        insample[held_out] -= train_probs[held_out]
+    return probs, insample / (len(folds) - 1)
+
+
 def _normalised(e: np.ndarray) -> np.ndarray:
     e = e.astype(np.float32)
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
@@ -213,14 +226,9 @@ def cross_fit(x, y, x_test, k: int, recipe, spec, num_classes: int, folds_dir: P
         results.append(r)
         if not quiet:
             _progress(j + 1, k, r, j in trained, y, time.perf_counter() - t_start, len(trained))
-    probs = np.zeros((len(y), num_classes), dtype=np.float32)
-    insample = np.zeros((len(y), num_classes), dtype=np.float32)
-    for r in results:
-        probs[r.held_out] = r.probs
-        insample += r.train_probs
-        insample[r.held_out] -= r.train_probs[r.held_out]
+    probs, insample = pool([(r.held_out, r.probs, r.train_probs) for r in results], len(y), num_classes)
     return CrossFit(
-        fold=fold, probs=probs, insample_probs=insample / (k - 1),
+        fold=fold, probs=probs, insample_probs=insample,
         emb_train=np.concatenate([_normalised(r.emb_train) for r in results], axis=1),
         emb_test=np.concatenate([_normalised(r.emb_test) for r in results], axis=1),
         test_probs=np.mean([r.test_probs for r in results], axis=0),

@@ -17,19 +17,23 @@ FITTED = 0.5
 MEMORISED_MAX = 0.5
 
 
-def choose_probs(y: np.ndarray, out_of_fold: np.ndarray, insample: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
-    """The float32 ``(N, K)`` probabilities to find label issues on, and what was chosen and why.
+def all_nets(out_of_fold: np.ndarray, insample: np.ndarray, k: int) -> np.ndarray:
+    """float32 ``(N, K)``: the mean of all ``k`` fold nets, from the out-of-fold net's probabilities
+    and the mean of the ``k - 1`` that trained on each image."""
+    return ((out_of_fold + (k - 1) * insample) / k).astype(np.float32)
 
-    ``out_of_fold``: each image's probabilities from the net that held it out; ``insample``: the mean
-    of the ``k - 1`` nets that trained on it."""
-    oof_issues = label_issues(y, out_of_fold)["index"]
-    fitted = float((insample[oof_issues, y[oof_issues]] > FITTED).mean()) if len(oof_issues) else 0.0
+
+def find(y: np.ndarray, out_of_fold: np.ndarray, insample: np.ndarray, k: int) -> tuple[dict, dict]:
+    """Label issues (as :func:`label_issues` returns them) on the probabilities chosen above, and what
+    was chosen and why. ``out_of_fold``: each image's float ``(N, K)`` probabilities from the net that
+    held it out; ``insample``: the mean of the ``k - 1`` nets that trained on it."""
+    oof_issues = label_issues(y, out_of_fold)
+    idx = oof_issues["index"]
+    fitted = float((insample[idx, y[idx]] > FITTED).mean()) if len(idx) else 0.0
     info = {"memorised_share": round(fitted, 4), "memorised_max": MEMORISED_MAX}
     if fitted > MEMORISED_MAX:
-        how = "out-of-fold net alone (the nets memorised their labels)"
-        return np.asarray(out_of_fold, dtype=np.float32), {"probabilities": how, **info}
-    probs = (out_of_fold + (k - 1) * insample) / k
-    return probs.astype(np.float32), {"probabilities": f"mean of the {k} fold nets", **info}
+        return oof_issues, {"probabilities": "out-of-fold net alone (the nets memorised their labels)", **info}
+    return label_issues(y, all_nets(out_of_fold, insample, k)), {"probabilities": f"mean of the {k} fold nets", **info}
 
 
 def label_issues(y: np.ndarray, probs: np.ndarray, filter_by: str = FILTER_BY, rank_by: str = RANK_BY) -> dict:

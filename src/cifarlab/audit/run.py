@@ -153,8 +153,7 @@ def analyse(ds, cf, timings: dict) -> tuple[list[dict], dict]:
                      "detail": detail})
 
     t0 = time.perf_counter()
-    label_probs, label_choice = labels.choose_probs(ds.y_train, cf.probs, cf.insample_probs, len(cf.seconds))
-    issues = labels.label_issues(ds.y_train, label_probs)
+    issues, label_choice = labels.find(ds.y_train, cf.probs, cf.insample_probs, len(cf.seconds))
     for i, s, score in zip(issues["index"], issues["suggested"], issues["score"]):
         o, n, g = cf.probs[i], cf.insample_probs[i], ds.y_train[i]
         add("label", "train", i, names[g], names[s], score,
