@@ -22,6 +22,19 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_PROCESSES))
 
 
+# The files that start training processes, longest first (`--durations`, benchmarks/RESULTS.md "test_suite").
+# pytest-xdist hands files out in collection order (`--no-loadscope-reorder`; its default order, by number of
+# tests, sent these few long tests last, to one process while the others had finished), so they start first
+# and the many short files even out the end.
+LONGEST_FILES = ("test_faults.py", "test_fast_faults.py", "test_backends.py", "test_experiments.py", "test_scale.py",
+                 "test_cli.py", "test_fast.py", "test_gpu_dry_run.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

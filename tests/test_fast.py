@@ -162,10 +162,10 @@ def test_a_few_steps_lower_the_loss(name, slice_data):
         recipe = get_recipe(name).with_overrides(batch_size=128, learning_rate=0.2, whiten_init_images=512)
         model = get_model(recipe.model).build(num_classes=10)
         trainer = FastTrainer(model, recipe, slice_data.x_train, slice_data.y_train)
-        res = trainer.fit(4)
+        res = trainer.fit(2)  # 2 epochs of 4 steps: the second epoch's mean loss is already below the first's
         losses = [row["loss"] for row in res.history]
         assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-        assert res.steps == 4 * 4 and res.images == 16 * 128
+        assert res.steps == 2 * 4 and res.images == 8 * 128
         # The loop's own forward pass and the Keras model agree on the trained weights.
         x = slice_data.x_test[:64]
         ours, keras_probs = trainer.predict(x), model.predict(x.astype(np.float32), verbose=0)
