@@ -19,6 +19,8 @@ MAX_TEST_PROCESSES = 4
 
 
 def pytest_xdist_auto_num_workers(config):
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):  # this hook outranks the variable in xdist: honour it here
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     return max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_PROCESSES))
 
 
