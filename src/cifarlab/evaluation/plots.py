@@ -75,18 +75,17 @@ def plot_grid(images: np.ndarray, labels: list[str], path: Path, colors: list[st
     band, gap = round(0.28 * h), round(0.125 * w)  # pixels: the titles above each image, the space beside it
     cell_h, cell_w = h + band, w + gap
     mosaic = np.full((rows * cell_h, cols * cell_w - gap, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        mosaic[r * cell_h + band:(r + 1) * cell_h, c * cell_w:c * cell_w + w] = img
     inch = 1.5 / w  # an image 1.5 inches wide, square pixels
     fig = plt.figure(figsize=(mosaic.shape[1] * inch, mosaic.shape[0] * inch))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
-    ax.imshow(mosaic, interpolation="nearest")
-    for i in range(n):
-        r, c = divmod(i, cols)
-        ax.text(c * cell_w + w / 2, r * cell_h + band - 0.5, labels[i], ha="center", va="bottom", fontsize=7,
+    for i, img in enumerate(images):
+        top, left = divmod(i, cols)
+        top, left = top * cell_h, left * cell_w
+        mosaic[top + band:top + cell_h, left:left + w] = img
+        ax.text(left + w / 2, top + band - 0.5, labels[i], ha="center", va="bottom", fontsize=7,
                 color=colors[i] if colors else "black")
+    ax.imshow(mosaic, interpolation="nearest")  # once the loop has filled it
     return _save(fig, path)
 
 
