@@ -48,15 +48,21 @@ class Dataset:
         return len(self.class_names)
 
 
-def resolve_source(data: str | os.PathLike | None, dataset: str = "cifar10", quiet: bool = False) -> Path:
-    """``--data`` beats ``CIFARLAB_DATA``; with neither, download ``dataset`` into the cache."""
+def local_source(data: str | os.PathLike | None) -> Path | None:
+    """The local data a run will read: ``--data``, else ``CIFARLAB_DATA``, else None (download).
+    Checks only that it exists, so a mistyped path fails before any TensorFlow start-up."""
     data = data or os.environ.get("CIFARLAB_DATA") or None
     if data is None:
-        return fetch(dataset, quiet=quiet)
+        return None
     path = Path(data).expanduser()
     if not path.exists():
         raise CifarlabError(f"data not found: {path}")
     return path
+
+
+def resolve_source(data: str | os.PathLike | None, dataset: str = "cifar10", quiet: bool = False) -> Path:
+    """``--data`` beats ``CIFARLAB_DATA``; with neither, download ``dataset`` into the cache."""
+    return local_source(data) or fetch(dataset, quiet=quiet)
 
 
 def read_arrays(path: Path, coarse: bool = False) -> Arrays:

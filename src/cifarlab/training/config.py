@@ -107,6 +107,7 @@ def _type_problem(value, hint) -> str | None:
 
 def resolve(cfg: TrainConfig):
     """Check a config without touching TensorFlow; return its (Recipe, ModelSpec)."""
+    from cifarlab.data import local_source
     from cifarlab.registry import get_model, get_recipe
     from cifarlab.training.overrides import override_recipe
     from cifarlab.training.precision import CHOICES
@@ -121,6 +122,7 @@ def resolve(cfg: TrainConfig):
         raise CifarlabError(f"validation fraction must be between 0 and 1, not {cfg.val_fraction!r}")
     if cfg.relabel and not cfg.exclude:
         raise CifarlabError("--relabel needs --exclude FINDINGS (the findings whose labels to change)")
+    local_source(cfg.data)
     if cfg.exclude:
         from cifarlab.data.findings import read_findings
 
