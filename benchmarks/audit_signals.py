@@ -1,0 +1,152 @@
+"""Which per-image signal ranks planted label flips best: a probe for ``cifarlab audit``'s defaults.
+
+The audit ranks images by the self-confidence of their given label under the fold nets'
+probabilities. This probe trains the same folds as ``cifarlab audit`` (its recipe, epochs, fold
+assignment and seeds) on a copy with planted flips and keeps, for every training image, more than
+the audit keeps: the out-of-fold probabilities with and without test-time augmentation, the final
+nets' probabilities with and without a mirrored view, and snapshots after earlier epochs (the
+idea of "area under the margin", Pleiss et al. 2020: a wrong label is learnt late, if at all).
+It then scores each signal against the planted flips: F1 of cleanlab's default issue list and of
+the lowest-scoring ``--flips`` images. Use a noise seed other than the benchmark's.
+
+    .venv/bin/python benchmarks/audit_signals.py --noise-seed 7 [--epochs 5] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import SHARED_ARCHIVE, record
+from audit import planted_copy
+
+
+def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
+    """Train fold ``k`` as ``cifarlab audit`` does; float16 ``(N, classes)`` probabilities of every image."""
+    import keras
+
+    from cifarlab.training.fast import FastTrainer
+
+    keras.utils.set_random_seed(seed + k)
+    train_idx, held_out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+    trainer = FastTrainer(spec.build(num_classes=10), recipe, x[train_idx], y[train_idx], seed=seed + k)
+    snaps = {}
+
+    def on_epoch(row):
+        if len(trainer_rows) + 1 in snapshot_epochs:
+            snaps[f"epoch{len(trainer_rows) + 1}"] = trainer.predict(x).astype(np.float16)
+        trainer_rows.append(row)
+
+    trainer_rows: list = []
+    t0 = time.perf_counter()
+    trainer.fit(recipe.epochs, on_epoch=on_epoch)
+    seconds = time.perf_counter() - t0
+    oof_tta = trainer.predict_tta(x[held_out])
+    final = trainer.predict(x)
+    mirrored = trainer.logits(x, flip=True)
+    mirrored = np.exp(mirrored - mirrored.max(1, keepdims=True))
+    mirrored /= mirrored.sum(1, keepdims=True)
+    return {"held_out": held_out, "oof_tta": oof_tta.astype(np.float32), "final": final.astype(np.float16),
+            "final_flip": ((final + mirrored) / 2).astype(np.float16), "seconds": seconds, **snaps}
+
+
+def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
+    tp = int(np.isin(flagged, flipped).sum())
+    p = tp / len(flagged) if len(flagged) else 0.0
+    r = tp / len(flipped)
+    return {"flagged": int(len(flagged)), "precision": round(p, 4), "recall": round(r, 4),
+            "f1": round(2 * p * r / (p + r), 4) if tp else 0.0}
+
+
+def signals(folds: list[dict], n: int, k: int, snapshot_epochs) -> dict[str, np.ndarray]:
+    """float32 ``(n, 10)`` probabilities per signal, pooled over the folds as the audit pools them."""
+    oof, oof_plain = np.zeros((n, 10), np.float32), np.zeros((n, 10), np.float32)
+    pooled = {name: np.zeros((n, 10), np.float32) for name in
+              ["final", "final_flip", *(f"epoch{e}" for e in snapshot_epochs)]}
+    for f in folds:
+        oof[f["held_out"]] = f["oof_tta"]
+        oof_plain[f["held_out"]] = f["final"][f["held_out"]]
+        inside = np.ones(n, bool)
+        inside[f["held_out"]] = False
+        for name in pooled:
+            pooled[name][inside] += f[name][inside].astype(np.float32) / (k - 1)
+    out = {"out of fold (TTA)": oof, "out of fold (plain)": oof_plain}
+    for name, p in pooled.items():
+        out[f"in sample {name}"] = p
+        out[f"all nets {name}"] = (oof + (k - 1) * p) / k
+    snaps = [pooled[f"epoch{e}"] for e in snapshot_epochs] + [pooled["final"]]
+    out["in sample, mean over snapshots"] = np.mean(snaps, axis=0)
+    out["all nets, mean over snapshots"] = (oof + (k - 1) * out["in sample, mean over snapshots"]) / k
+    return out
+
+
+def main() -> None:
+    from cifarlab.audit.folds import assign_folds
+    from cifarlab.audit.labels import label_issues
+    from cifarlab.audit.run import AuditConfig, check
+    from cifarlab.data import load_dataset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
+    ap.add_argument("--noise-seed", type=int, required=True)
+    ap.add_argument("--flips", type=int, default=1000)
+    ap.add_argument("--epochs", type=float, default=None, help="the audit's default when left out")
+    ap.add_argument("--snapshots", default="2,3,4", help="epochs after which to keep every image's probabilities")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--name", default="audit-signals")
+    ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT training images (a dry run)")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    noisy = work / f"cifar10-flipped-{a.flips}-seed{a.noise_seed}.tar"
+    flipped = planted_copy(SHARED_ARCHIVE, noisy, a.flips, a.noise_seed)
+    ds = load_dataset(noisy, validate_on="test", quiet=True)
+    x, y = ds.x_train[:a.limit], ds.y_train[:a.limit]
+    flipped = flipped[flipped < len(y)]
+    from cifarlab._tf import import_quietly
+
+    import_quietly()
+    from cifarlab.training import precision as prec
+
+    recipe, spec = check(AuditConfig(data=str(noisy), epochs=a.epochs))
+    prec.apply(prec.resolve(recipe.precision))
+    snapshot_epochs = [int(e) for e in a.snapshots.split(",") if e and int(e) < recipe.epochs]
+    fold = assign_folds(y, a.folds, 0)
+    folds = []
+    for k in range(a.folds):
+        path = work / f"signals-seed{a.noise_seed}-e{recipe.epochs}-fold{k}.npz"
+        if not path.exists():
+            r = probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, 0)
+            np.savez(str(path) + ".tmp.npz", **r)
+            Path(str(path) + ".tmp.npz").replace(path)
+            print(f"fold {k}: {r['seconds']:.0f} s", flush=True)
+        with np.load(path) as z:
+            folds.append({name: z[name] for name in z.files})
+    rows = []
+    for name, p in signals(folds, len(y), a.folds, snapshot_epochs).items():
+        issues = label_issues(y, p)
+        order = np.argsort(p[np.arange(len(y)), y], kind="stable")
+        rows.append({"signal": name, "accuracy": round(float((p.argmax(1) == y).mean()), 4),
+                     "cleanlab": scores(np.asarray(issues["index"]), flipped),
+                     "lowest": scores(order[:len(flipped)], flipped)})
+        print(rows[-1], flush=True)
+    table = ["| probabilities | accuracy (noisy labels) | flagged | precision | recall | **F1** | F1 of the lowest "
+             f"{a.flips:,} |", "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['signal']} | {r['accuracy']:.4f} | {r['cleanlab']['flagged']:,} | {r['cleanlab']['precision']:.3f} | "
+              f"{r['cleanlab']['recall']:.3f} | **{r['cleanlab']['f1']:.3f}** | {r['lowest']['f1']:.3f} |" for r in rows]
+    seconds = [round(float(f["seconds"]), 1) for f in folds]
+    record(a.name, {"noise_seed": a.noise_seed, "flips": a.flips, "epochs": recipe.epochs,
+                    "snapshots": snapshot_epochs, "fold_seconds": seconds, "rows": rows},
+           f"`benchmarks/audit_signals.py --noise-seed {a.noise_seed}`: the audit's folds ({recipe.name}, "
+           f"{recipe.epochs} epochs, {a.folds} folds; fold training seconds {seconds}), scored against "
+           f"{a.flips:,} planted flips with cleanlab's default issue list (`label_issues`) on each source of "
+           "probabilities. In sample: the mean of the k - 1 nets that trained on an image; all nets: with the "
+           "out-of-fold net (TTA) too; epochN: the nets after epoch N; flip: averaged with the mirrored image.\n\n"
+           + "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
