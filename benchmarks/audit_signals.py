@@ -22,6 +22,7 @@ import numpy as np
 
 from _common import SHARED_ARCHIVE, record
 from audit import planted_copy
+from audit_tuning import scores
 
 
 def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
@@ -51,14 +52,6 @@ def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
     mirrored /= mirrored.sum(1, keepdims=True)
     return {"held_out": held_out, "oof_tta": oof_tta.astype(np.float32), "final": final.astype(np.float16),
             "final_flip": ((final + mirrored) / 2).astype(np.float16), "seconds": seconds, **snaps}
-
-
-def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
-    tp = int(np.isin(flagged, flipped).sum())
-    p = tp / len(flagged) if len(flagged) else 0.0
-    r = tp / len(flipped)
-    return {"flagged": int(len(flagged)), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / (p + r), 4) if tp else 0.0}
 
 
 def signals(folds: list[dict], n: int, k: int, snapshot_epochs) -> dict[str, np.ndarray]:
