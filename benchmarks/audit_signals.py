@@ -29,6 +29,7 @@ def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
     """Train fold ``k`` as ``cifarlab audit`` does; float16 ``(N, classes)`` probabilities of every image."""
     import keras
 
+    from cifarlab.inference.predict import softmax
     from cifarlab.training.fast import FastTrainer
 
     keras.utils.set_random_seed(seed + k)
@@ -36,43 +37,39 @@ def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
     trainer = FastTrainer(spec.build(num_classes=10), recipe, x[train_idx], y[train_idx], seed=seed + k)
     snaps = {}
 
-    def on_epoch(row):
-        if len(trainer_rows) + 1 in snapshot_epochs:
-            snaps[f"epoch{len(trainer_rows) + 1}"] = trainer.predict(x).astype(np.float16)
-        trainer_rows.append(row)
+    def on_epoch(row):  # row["epoch"] counts from 1
+        if row["epoch"] in snapshot_epochs:
+            snaps[f"epoch{row['epoch']}"] = trainer.predict(x).astype(np.float16)
 
-    trainer_rows: list = []
     t0 = time.perf_counter()
     trainer.fit(recipe.epochs, on_epoch=on_epoch)
     seconds = time.perf_counter() - t0
-    oof_tta = trainer.predict_tta(x[held_out])
     final = trainer.predict(x)
-    mirrored = trainer.logits(x, flip=True)
-    mirrored = np.exp(mirrored - mirrored.max(1, keepdims=True))
-    mirrored /= mirrored.sum(1, keepdims=True)
-    return {"held_out": held_out, "oof_tta": oof_tta.astype(np.float32), "final": final.astype(np.float16),
-            "final_flip": ((final + mirrored) / 2).astype(np.float16), "seconds": seconds, **snaps}
+    mirrored = softmax(trainer.logits(x, flip=True))
+    return {"held_out": held_out, "oof_tta": trainer.predict_tta(x[held_out]).astype(np.float32),
+            "final": final.astype(np.float16), "final_flip": ((final + mirrored) / 2).astype(np.float16),
+            "seconds": seconds, **snaps}
 
 
 def signals(folds: list[dict], n: int, k: int, snapshot_epochs) -> dict[str, np.ndarray]:
     """float32 ``(n, 10)`` probabilities per signal, pooled over the folds as the audit pools them."""
-    oof, oof_plain = np.zeros((n, 10), np.float32), np.zeros((n, 10), np.float32)
-    pooled = {name: np.zeros((n, 10), np.float32) for name in
-              ["final", "final_flip", *(f"epoch{e}" for e in snapshot_epochs)]}
-    for f in folds:
-        oof[f["held_out"]] = f["oof_tta"]
-        oof_plain[f["held_out"]] = f["final"][f["held_out"]]
-        inside = np.ones(n, bool)
-        inside[f["held_out"]] = False
-        for name in pooled:
-            pooled[name][inside] += f[name][inside].astype(np.float32) / (k - 1)
+    from cifarlab.audit.folds import pool
+    from cifarlab.audit.labels import all_nets
+
+    def pooled(held_out_probs, name):  # (out of fold, in sample), as cifarlab.audit.folds.pool gives them
+        return pool([(f["held_out"], held_out_probs(f), f[name].astype(np.float32)) for f in folds], n, 10)
+
+    oof, _ = pooled(lambda f: f["oof_tta"], "final")
+    oof_plain, _ = pooled(lambda f: f["final"][f["held_out"]], "final")
+    insample = {name: pooled(lambda f: f["oof_tta"], name)[1]
+                for name in ["final", "final_flip", *(f"epoch{e}" for e in snapshot_epochs)]}
     out = {"out of fold (TTA)": oof, "out of fold (plain)": oof_plain}
-    for name, p in pooled.items():
+    for name, p in insample.items():
         out[f"in sample {name}"] = p
-        out[f"all nets {name}"] = (oof + (k - 1) * p) / k
-    snaps = [pooled[f"epoch{e}"] for e in snapshot_epochs] + [pooled["final"]]
-    out["in sample, mean over snapshots"] = np.mean(snaps, axis=0)
-    out["all nets, mean over snapshots"] = (oof + (k - 1) * out["in sample, mean over snapshots"]) / k
+        out[f"all nets {name}"] = all_nets(oof, p, k)
+    snapshots = np.mean([p for name, p in insample.items() if name != "final_flip"], axis=0)
+    out["in sample, mean over snapshots"] = snapshots
+    out["all nets, mean over snapshots"] = all_nets(oof, snapshots, k)
     return out
 
 
@@ -81,6 +78,7 @@ def main() -> None:
     from cifarlab.audit.labels import label_issues
     from cifarlab.audit.run import AuditConfig, check
     from cifarlab.data import load_dataset
+    from cifarlab.fileio import atomic_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
@@ -113,8 +111,8 @@ def main() -> None:
         path = work / f"signals-seed{a.noise_seed}-e{recipe.epochs}-fold{k}.npz"
         if not path.exists():
             r = probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, 0)
-            np.savez(str(path) + ".tmp.npz", **r)
-            Path(str(path) + ".tmp.npz").replace(path)
+            with atomic_path(path, suffix=".npz") as tmp:
+                np.savez(tmp, **r)
             print(f"fold {k}: {r['seconds']:.0f} s", flush=True)
         with np.load(path) as z:
             folds.append({name: z[name] for name in z.files})
