@@ -138,6 +138,29 @@ def test_report_of_a_run_without_saved_predictions_whose_data_moved(seed_run, sh
     assert not (run / "test_predictions.npz").exists()  # a report never writes into the run but report.html
 
 
+def test_report_embeds_the_runs_own_figures_and_draws_missing_or_damaged_ones(seed_run, tmp_path):
+    """The curves and heat map training wrote are embedded as they are, not drawn a second time; a run
+    that lost one (or holds something that is not a PNG under its name) gets it drawn afresh."""
+    from cifarlab.evaluation.report import build_report
+
+    run = _copy_run(seed_run.run_dir, tmp_path / "run")
+    marker = io.BytesIO()
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(marker, format="PNG")
+    (run / "accuracy.png").write_bytes(marker.getvalue())  # no plot draws this: only the file itself can
+    own = {name: (run / name).read_bytes() for name in ("accuracy.png", "loss.png", "confusion.png")}
+    pngs = [base64.b64decode(img["src"].split(",", 1)[1]) for img in
+            _Page(build_report(run, tmp_path / "a.html").read_text(encoding="utf-8")).images]
+    assert all(png in pngs for png in own.values())
+
+    (run / "confusion.png").unlink()
+    (run / "loss.png").write_bytes(b"<html>not a picture</html>")
+    pngs = [base64.b64decode(img["src"].split(",", 1)[1]) for img in
+            _Page(build_report(run, tmp_path / "b.html").read_text(encoding="utf-8")).images]
+    assert own["accuracy.png"] in pngs and b"<html>" not in b"".join(pngs)
+    assert len(pngs) == len([p for p in pngs if p.startswith(b"\x89PNG")])  # the two redrawn are PNGs too
+    assert not (run / "confusion.png").exists()  # drawn into the report, never into the run
+
+
 # ---------------------------------------------------------------- the real browser
 
 

@@ -223,6 +223,10 @@ def _test_images(run_dir: Path, config: dict, data, quiet: bool) -> tuple[np.nda
 # ---------------------------------------------------------------- pictures as data URIs
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_RUN_FIGURE_BYTES = 4 << 20  # a run's curves and heat map are ~50-150 KB; anything larger is not ours
+
+
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -245,6 +249,20 @@ def figure_uri(draw) -> str:
         path = Path(tmp) / "figure.png"
         draw(path)
         return png_data_uri(path.read_bytes())
+
+
+def run_figure(run: RunData, name: str, draw) -> str:
+    """The run directory's own picture ``name`` embedded (training wrote it with the same ``plots`` call, and
+    a finished run is never rewritten), or ``figure_uri(draw)`` where the run has no such PNG."""
+    path = run.path / name
+    try:
+        if path.stat().st_size <= MAX_RUN_FIGURE_BYTES:
+            png = path.read_bytes()
+            if png.startswith(PNG_SIGNATURE):
+                return png_data_uri(png)
+    except OSError:
+        pass
+    return figure_uri(draw)
 
 
 # ---------------------------------------------------------------- the sections
@@ -516,10 +534,10 @@ def render(run: RunData, other: RunData | None = None) -> str:
         cfg_rows=cfg_rows, final_rows=final_rows,
         best=best, best_row=best_row, epochs=len(h),
         restored=bool(_recipe_options(run.config).get("restore_best_weights")),
-        acc_curve=figure_uri(lambda p: plots.plot_curves(h, "accuracy", p, best)),
-        loss_curve=figure_uri(lambda p: plots.plot_curves(h, "loss", p, best)),
+        acc_curve=run_figure(run, "accuracy.png", lambda p: plots.plot_curves(h, "accuracy", p, best)),
+        loss_curve=run_figure(run, "loss.png", lambda p: plots.plot_curves(h, "loss", p, best)),
         classes=per_class_rows(m),
-        confusion=figure_uri(lambda p: plots.plot_confusion(
+        confusion=run_figure(run, "confusion.png", lambda p: plots.plot_confusion(
             m["confusion_matrix"], m["class_names"], p, f"confusion matrix (test accuracy {m['test_accuracy']:.1%})")),
         pairs=confused_pairs(m),
         wrong=wrong_gallery(run), n_wrong=int((run.probs.argmax(1) != run.y_test).sum()),
