@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import types
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -154,7 +156,6 @@ def test_bad_input_one_line_errors(tmp_path, shared_archive):
 def _in_process(args):
     import contextlib
     import io
-    import types
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main([str(a) for a in args])
@@ -192,3 +193,49 @@ def test_folder_dataset_trains(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["class_names"] == ["a", "b", "c"] and m["num_images"] == 9
     assert "run directory" in p.stdout
+
+
+def test_mistaken_paths_and_flags_are_reported_before_keras_starts(tmp_path, seed_run):
+    """Each command checks its paths and flags first: in a process where Keras fails to import, the
+    user's mistakes still get their one-line errors, and no backend was imported."""
+    fake = tmp_path / "fake.keras"
+    with zipfile.ZipFile(fake, "w") as z:  # passes the cheap check, as a real model file would
+        z.writestr("config.json", "{}")
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    missing = tmp_path / "missing"
+    cases = [
+        (["evaluate", missing], "model not found"),
+        (["evaluate", notes], "not a Keras model file"),
+        (["evaluate", seed_run.run_dir, "--data", missing], "data not found"),
+        (["predict", missing, notes], "model not found"),
+        (["predict", fake, missing / "cat.png"], "cat.png: no such file"),
+        (["predict", fake, notes], "notes.png: not an image file"),
+        (["summary", missing / "m.keras"], "neither a registered model"),
+        (["summary", notes], "not a Keras model file"),
+        (["report", missing], "run directory not found"),
+        (["serve", missing], "model not found"),
+        (["serve", fake, "--port", "70000"], "--port must be 0-65535"),
+        (["export", missing, "--format", "onnx", "-o", tmp_path / "m.onnx"], "model not found"),
+        (["train", "--data", missing, "--out", tmp_path / "r"], "data not found"),
+    ]
+    script = (
+        "import contextlib, io, json, sys\n"
+        "sys.modules['keras'] = None  # importing Keras raises ImportError\n"
+        "from cifarlab.cli import main\n"
+        "out = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(args)\n"
+        "    out.append([rc, err.getvalue()])\n"
+        "print(json.dumps(out))\n"
+        "print(sorted(m for m in ('tensorflow', 'jax', 'torch') if m in sys.modules))\n")
+    p = subprocess.run([sys.executable, "-c", script, json.dumps([[str(a) for a in args] for args, _ in cases])],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    answers, backends = p.stdout.splitlines()
+    assert backends == "[]"  # nor did any command start a backend some other way
+    for (args, pattern), (rc, err) in zip(cases, json.loads(answers)):
+        assert_one_line_error(types.SimpleNamespace(returncode=rc, stderr=err), pattern)
+    assert not missing.exists() and not (tmp_path / "r").exists() and not (tmp_path / "m.onnx").exists()

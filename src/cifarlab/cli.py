@@ -270,8 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         from cifarlab.backend import use
 
         use(args.backend)  # before anything imports Keras, which fixes its backend at import
-        if args.command in NEEDS_KERAS:
-            _quiet_keras()
         return COMMANDS[args.command](args) or 0
     except CifarlabError as e:
         print(f"cifarlab: error: {e}", file=sys.stderr)
@@ -284,9 +282,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_keras() -> None:
+    """Import Keras and its backend (seconds) without their start-up chatter.
+
+    Every command checks its arguments and input paths first and calls this
+    after, so a user's mistake is reported at once, not after the backend starts."""
     from cifarlab._tf import import_quietly
 
     import_quietly()
+
+
+def _model_then_keras(path) -> None:
+    from cifarlab.models.io import model_file
+
+    model_file(path)
+    _quiet_keras()
 
 
 def cmd_train(args) -> int:
@@ -438,12 +447,19 @@ def cmd_evaluate(args) -> int:
     from cifarlab.evaluation.evaluate import evaluate
     from cifarlab.evaluation.metrics import format_report
 
+    from cifarlab.data import local_source
+
+    if args.data:
+        local_source(args.data)
+    _model_then_keras(args.target)
     metrics = evaluate(args.target, data=args.data)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
     return 0
 
 
 def cmd_predict(args) -> int:
+    from cifarlab.data.images import probe
+    from cifarlab.models.io import model_file
     from cifarlab.serving.predict import collect_images, predict, predict_files, write_predictions_csv
 
     if args.top_k < 1:
@@ -453,6 +469,11 @@ def cmd_predict(args) -> int:
     files = collect_images(args.images)
     if not files:
         raise CifarlabError("no image files found in " + ", ".join(args.images))
+    model_file(args.model)
+    if not args.out:  # a file that is missing or not an image stops this mode: say so before Keras starts
+        for f in files:
+            probe(f)
+    _quiet_keras()
     if args.out:
         preds = predict_files(args.model, files, top=args.top_k, batch_size=args.batch_size, progress=not args.quiet)
         counts = write_predictions_csv(preds, args.out, top=args.top_k)
@@ -503,12 +524,14 @@ def cmd_summary(args) -> int:
     if args.model in MODELS:
         if args.classes < 2:
             raise CifarlabError(f"--classes must be at least 2, not {args.classes}")
+        _quiet_keras()
         model = MODELS[args.model].build(num_classes=args.classes)
     else:
         from cifarlab.models.io import load_model
 
         if not Path(args.model).exists():
             raise CifarlabError(f"{args.model!r} is neither a registered model ({', '.join(MODELS)}) nor a file")
+        _model_then_keras(args.model)
         model, _ = load_model(args.model)
     model.summary()
     return 0
@@ -527,8 +550,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cifarlab.evaluation.report import build_report
+    from cifarlab.evaluation.report import build_report, check_run_dir
 
+    if not Path(args.run).exists():
+        check_run_dir(args.run)  # its one-line error, before Keras starts
+    _quiet_keras()
     print(f"wrote {build_report(args.run, args.output, compare=args.compare, data=args.data)}")
     return 0
 
@@ -560,6 +586,7 @@ def cmd_serve(args) -> int:
                     max_request_pixels=args.max_request_pixels, max_inflight=args.max_inflight,
                     max_lag_s=args.max_lag_ms / 1000 or None,
                     body_timeout_s=args.body_timeout, allowed_hosts=hosts)
+    _model_then_keras(args.model)
     serve(args.model, host=args.host, port=args.port, limits=limits, max_connections=args.max_connections,
           header_timeout_s=args.header_timeout, announce=lambda line: print(line, flush=True))
     return 0
@@ -568,6 +595,7 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from cifarlab.serving.export import export
 
+    _model_then_keras(args.model)
     r = export(args.model, args.format, args.output, data=args.data)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -603,5 +631,3 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "info": cmd_info, "summary": cmd_summary, "list": cmd_list, "report": cmd_report,
             "serve": cmd_serve, "export": cmd_export, "launch": cmd_launch, "audit": cmd_audit,
             "sweep": cmd_sweep, "compare": cmd_compare, "tune": cmd_tune, "runs": cmd_runs}
-# Commands that import Keras (and its backend) up front (train does it itself, after checking its flags).
-NEEDS_KERAS = {"evaluate", "predict", "summary", "report", "serve", "export"}

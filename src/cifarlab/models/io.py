@@ -54,8 +54,12 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def load_model(path: str | Path):
-    """Load ``(model, metadata)`` from a ``.keras`` file or a run directory."""
+def model_file(path: str | Path) -> Path:
+    """The ``.keras`` file that ``path`` (the file itself or a run directory) names.
+
+    A one-line :class:`CifarlabError` when there is none or it is not a zip; imports
+    no Keras, so the command line checks a mistyped path before its backend starts.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
@@ -63,6 +67,12 @@ def load_model(path: str | Path):
         raise CifarlabError(f"model not found: {path}")
     if not zipfile.is_zipfile(path):
         raise CifarlabError(f"{path}: not a Keras model file (.keras)")
+    return path
+
+
+def load_model(path: str | Path):
+    """Load ``(model, metadata)`` from a ``.keras`` file or a run directory."""
+    path = model_file(path)
     import keras
 
     try:
