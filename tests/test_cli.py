@@ -67,7 +67,8 @@ def test_train_evaluate_predict_end_to_end(medium_archive, tmp_path):
 
     p = cifarlab("evaluate", run)
     assert "airplane" in p.stdout and "confusion matrix" in p.stdout and f"{m['test_accuracy']:.4f}" in p.stdout
-    p = cifarlab("evaluate", run / "model.keras", "--data", archive, "--json")
+    # The rest in this process (the same main(); each real process costs seconds of start-up).
+    p = _in_process(["evaluate", run / "model.keras", "--data", archive, "--json"], check=True)
     assert json.loads(p.stdout)["test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-9)
 
     # A PNG and an (enlarged) JPEG of test image 0, a cat: predicted like the array itself.
@@ -75,7 +76,7 @@ def test_train_evaluate_predict_end_to_end(medium_archive, tmp_path):
     ds = load_dataset(archive, validate_on="test", limit=10)
     Image.fromarray(ds.x_test[0]).save(tmp_path / "cat.png")
     Image.fromarray(ds.x_test[0]).resize((96, 96), Image.Resampling.NEAREST).save(tmp_path / "cat.jpg", quality=95)
-    p = cifarlab("predict", run, tmp_path / "cat.png", tmp_path / "cat.jpg", "--json", "--top-k", 5)
+    p = _in_process(["predict", run, tmp_path / "cat.png", tmp_path / "cat.jpg", "--json", "--top-k", 5], check=True)
     preds = [json.loads(line) for line in p.stdout.splitlines()]
     assert [len(x["top"]) for x in preds] == [5, 5]
     top_png = preds[0]["top"]
@@ -86,7 +87,7 @@ def test_train_evaluate_predict_end_to_end(medium_archive, tmp_path):
     assert top_png[0]["class"] == meta["class_names"][int(probs.argmax())]
     assert top_png[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
     assert preds[1]["top"][0]["class"] == top_png[0]["class"]
-    p = cifarlab("predict", run / "model.keras", tmp_path / "cat.png")
+    p = _in_process(["predict", run / "model.keras", tmp_path / "cat.png"], check=True)
     assert p.stdout.startswith(f"{tmp_path / 'cat.png'}: {top_png[0]['class']} ")
 
 
@@ -153,13 +154,16 @@ def test_bad_input_one_line_errors(tmp_path, shared_archive):
     assert not (tmp_path / "r").exists()
 
 
-def _in_process(args):
+def _in_process(args, check=False):
+    """``cifarlab ARGS`` through :func:`main` in this process: returncode, stdout and stderr as a process's."""
     import contextlib
     import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         rc = main([str(a) for a in args])
-    return types.SimpleNamespace(returncode=rc, stderr=err.getvalue())
+    if check and rc != 0:
+        raise AssertionError(f"cifarlab {' '.join(map(str, args))} exited {rc}:\n{err.getvalue()[-3000:]}")
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_predict_rejects_non_image(seed_run, tmp_path, capsys):
