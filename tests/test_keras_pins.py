@@ -71,3 +71,24 @@ def test_fit_resumes_at_the_checkpoints_epoch_through_the_public_initial_epoch(t
     tiny.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=4, initial_epoch=2, verbose=0,
              callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))])
     assert seen == [2, 3]
+
+
+def test_the_command_lines_tensorflow_start_up_skips_jax_and_leaves_it_importable():
+    """TensorFlow imports JAX where it is installed (``tensorflow.lite.python.util`` tries ``from jax import
+    jit``); cifarlab's quiet import refuses it for the duration (``cifarlab._tf``). A TensorFlow upgrade that
+    stops trying fails the first check, and the refusal may go."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys\n"
+            "from cifarlab._tf import import_quietly\n"
+            "import_quietly()\n"
+            "import keras\n"
+            "assert keras.backend.backend() == 'tensorflow'\n"
+            "util = sys.modules['tensorflow.lite.python.util']\n"
+            "assert util._jit is None and 'jax' not in sys.modules  # TensorFlow tried, and was refused\n"
+            "import jax\n"
+            "assert jax.numpy.add(1, 2) == 3  # importable again afterwards\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
