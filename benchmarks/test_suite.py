@@ -20,6 +20,7 @@ import os
 import re
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,8 +67,8 @@ def main() -> int:
         return statistics.mean(r[key] for r in runs if r["tree"] == name)
 
     ratios = {key: mean("this tree", key) / mean("baseline", key) for key in ("wall_seconds", "cpu_seconds")}
-    head = __import__("subprocess").run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
     rows = "\n".join(f"| {i} | {r['tree']} | {r['summary']} | {r['wall_seconds'] / 60:.2f} | {r['cpu_seconds'] / 60:.2f} |"
                      for i, r in enumerate(runs, 1))
     table = (f"`benchmarks/test_suite.py --baseline {args.baseline} --rounds {args.rounds}`: the suite (`python "

@@ -77,10 +77,11 @@ def test_the_command_lines_tensorflow_start_up_skips_jax_and_leaves_it_importabl
     """TensorFlow imports JAX where it is installed (``tensorflow.lite.python.util`` tries ``from jax import
     jit``); cifarlab's quiet import refuses it for the duration (``cifarlab._tf``). A TensorFlow upgrade that
     stops trying fails the first check, and the refusal may go."""
+    import os
     import subprocess
     import sys
 
-    code = ("import importlib.util, sys\n"
+    code = ("import sys\n"
             "from cifarlab._tf import import_quietly\n"
             "import_quietly()\n"
             "import keras\n"
@@ -89,6 +90,6 @@ def test_the_command_lines_tensorflow_start_up_skips_jax_and_leaves_it_importabl
             "assert util._jit is None and 'jax' not in sys.modules  # TensorFlow tried, and was refused\n"
             "import jax\n"
             "assert jax.numpy.add(1, 2) == 3  # importable again afterwards\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

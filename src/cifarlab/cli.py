@@ -444,10 +444,9 @@ def cmd_runs(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from cifarlab.data import local_source
     from cifarlab.evaluation.evaluate import evaluate
     from cifarlab.evaluation.metrics import format_report
-
-    from cifarlab.data import local_source
 
     if args.data:
         local_source(args.data)
