@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED_ARCHIVE, record
-from audit import planted_copy
-from audit_tuning import scores
+from _common import record
+from audit_tuning import planted_folds, scores
 
 
 def neighbours(f: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
@@ -57,7 +56,6 @@ def main() -> None:
     from cifarlab.audit.duplicates import reduce_embeddings
     from cifarlab.audit.folds import _normalised, pool
     from cifarlab.audit.labels import all_nets, label_issues
-    from cifarlab.data import load_dataset
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
@@ -67,19 +65,14 @@ def main() -> None:
     ap.add_argument("--weights", default="0.25,0.5", help="shares of the neighbourhood in the mix")
     ap.add_argument("--name", default="audit-combine")
     a = ap.parse_args()
-    work = Path(a.work)
-    noisy = work / f"cifar10-flipped-{a.flips}-seed{a.noise_seed}.tar"
-    flipped = planted_copy(SHARED_ARCHIVE, noisy, a.flips, a.noise_seed)
-    y = load_dataset(noisy, validate_on="test", quiet=True).y_train
+    y, flipped, folds = planted_folds(Path(a.work), a.flips, a.noise_seed,
+                                      ("held_out", "probs", "train_probs", "emb_train"))
     n, c = len(y), int(y.max()) + 1
-    arrays, per_net, embs = [], [], []
-    for f in sorted((work / f"audit-noisy-seed{a.noise_seed}" / "folds").glob("fold_*.npz")):
-        with np.load(f) as z:
-            arrays.append((z["held_out"], z["probs"], z["train_probs"]))
-            per_net.append(z["train_probs"].astype(np.float32))  # the held-out fold: its plain prediction
-            embs.append(_normalised(z["emb_train"]))
-    oof, insample = pool(arrays, n, c)
-    nets = all_nets(oof, insample, len(arrays))
+    per_net = [train_probs.astype(np.float32) for _, _, train_probs, _ in folds]  # held-out fold: plain prediction
+    embs = [_normalised(emb) for *_, emb in folds]
+    oof, insample = pool([f[:3] for f in folds], n, c)
+    nets = all_nets(oof, insample, len(folds))
+    del folds
     rows: list[dict] = []
 
     def row(way: str, probs: np.ndarray | None = None, given: np.ndarray | None = None) -> None:

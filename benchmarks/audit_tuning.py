@@ -34,10 +34,24 @@ def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
             "f1": round(2 * p * r / (p + r), 4) if tp else 0.0}
 
 
+def planted_folds(work: Path, flips: int, noise_seed: int, keys: tuple[str, ...]) -> tuple:
+    """The planted copy's training labels (int ``(N,)``), the flipped positions (int64) and, for each fold
+    file of its finished audit (``WORK/audit-noisy-seedN/folds/``), the arrays named by ``keys``."""
+    from cifarlab.data import load_dataset
+
+    noisy = work / f"cifar10-flipped-{flips}-seed{noise_seed}.tar"
+    flipped = planted_copy(SHARED_ARCHIVE, noisy, flips, noise_seed)
+    y = load_dataset(noisy, validate_on="test", quiet=True).y_train
+    folds = []
+    for f in sorted((work / f"audit-noisy-seed{noise_seed}" / "folds").glob("fold_*.npz")):
+        with np.load(f) as z:
+            folds.append(tuple(z[k] for k in keys))
+    return y, flipped, folds
+
+
 def main() -> None:
     from cifarlab.audit.folds import pool
     from cifarlab.audit.labels import all_nets
-    from cifarlab.data import load_dataset
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
@@ -45,16 +59,8 @@ def main() -> None:
     ap.add_argument("--flips", type=int, default=1000)
     ap.add_argument("--name", default="audit-tuning-methods", help="results/NAME.json and the RESULTS.md section")
     a = ap.parse_args()
-    work = Path(a.work)
-    noisy = work / f"cifar10-flipped-{a.flips}-seed{a.noise_seed}.tar"
-    flipped = planted_copy(SHARED_ARCHIVE, noisy, a.flips, a.noise_seed)
-    y = load_dataset(noisy, validate_on="test", quiet=True).y_train
-    folds = sorted((work / f"audit-noisy-seed{a.noise_seed}" / "folds").glob("fold_*.npz"))
-    arrays = []
-    for f in folds:
-        with np.load(f) as z:
-            arrays.append((z["held_out"], z["probs"], z["train_probs"]))
-    oof, insample = pool(arrays, len(y), 10)
+    y, flipped, folds = planted_folds(Path(a.work), a.flips, a.noise_seed, ("held_out", "probs", "train_probs"))
+    oof, insample = pool(folds, len(y), 10)
     sources = {"out of fold": oof, "in sample": insample, "all nets": all_nets(oof, insample, len(folds))}
     rows = []
     for source, probs in sources.items():
