@@ -24,7 +24,6 @@ Writes ``results/audit-combine.json`` and the RESULTS.md section.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import record
-from audit_tuning import planted_folds, scores
+from audit_tuning import planted_arguments, planted_folds, scores
 
 
 def neighbours(f: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
@@ -57,13 +56,9 @@ def main() -> None:
     from cifarlab.audit.folds import _normalised, pool
     from cifarlab.audit.labels import all_nets, label_issues
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
-    ap.add_argument("--noise-seed", type=int, required=True)
-    ap.add_argument("--flips", type=int, default=1000)
+    ap = planted_arguments("audit-combine")
     ap.add_argument("--k", default="10,30", help="neighbour counts")
     ap.add_argument("--weights", default="0.25,0.5", help="shares of the neighbourhood in the mix")
-    ap.add_argument("--name", default="audit-combine")
     a = ap.parse_args()
     y, flipped, folds = planted_folds(Path(a.work), a.flips, a.noise_seed,
                                       ("held_out", "probs", "train_probs", "emb_train"))
@@ -77,15 +72,15 @@ def main() -> None:
 
     def row(way: str, probs: np.ndarray | None = None, given: np.ndarray | None = None) -> None:
         """Score ``probs`` as the audit would, or a bare ``given`` score with the audit's count."""
+        r = {"way": way}
         if probs is not None:
             flagged = label_issues(y, probs)["index"]
             given = probs[np.arange(n), y]
-        else:
-            flagged = np.argsort(given, kind="stable")[:rows[0]["flagged"]]
-        r = {"way": way, **scores(flagged, flipped),
-             "f1_lowest": scores(np.argsort(given, kind="stable")[:a.flips], flipped)["f1"]}
-        if probs is not None:
             r["accuracy"] = round(float((probs.argmax(1) == y).mean()), 4)
+        order = np.argsort(given, kind="stable")
+        if probs is None:
+            flagged = order[:rows[0]["flagged"]]
+        r.update(scores(flagged, flipped), f1_lowest=scores(order[:a.flips], flipped)["f1"])
         rows.append(r)
         print(json.dumps(r), flush=True)
 
@@ -112,9 +107,8 @@ def main() -> None:
                 row(f"neighbourhood {name}, k = {k}, weight {w}", ((1 - w) * nets + w * p).astype(np.float32))
     table = ["| way | accuracy (noisy labels) | flagged | precision | recall | **F1** | F1 of the lowest 1,000 |",
              "|---|---|---|---|---|---|---|"]
-    table += [f"| {r['way']} | {r['accuracy']:.4f} | " if "accuracy" in r else f"| {r['way']} | - | " for r in rows]
-    table[2:] = [t + f"{r['flagged']:,} | {r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
-                 f"{r['f1_lowest']:.3f} |" for t, r in zip(table[2:], rows)]
+    table += [f"| {r['way']} | {format(r['accuracy'], '.4f') if 'accuracy' in r else '-'} | {r['flagged']:,} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | {r['f1_lowest']:.3f} |" for r in rows]
     record(a.name, {"noise_seed": a.noise_seed, "flips": a.flips, "neighbour_seconds": seconds, "rows": rows},
            f"`benchmarks/audit_combine.py --noise-seed {a.noise_seed}`: ways to score label issues from the fold "
            f"files of a finished audit (no training); a bare score takes the audit's count. Neighbours in "

@@ -14,7 +14,6 @@ the lowest-scoring ``--flips`` images. Use a noise seed other than the benchmark
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from _common import SHARED_ARCHIVE, record
 from audit import planted_copy
-from audit_tuning import scores
+from audit_tuning import planted_arguments, scores
 
 
 def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
@@ -80,14 +79,10 @@ def main() -> None:
     from cifarlab.data import load_dataset
     from cifarlab.fileio import atomic_path
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
-    ap.add_argument("--noise-seed", type=int, required=True)
-    ap.add_argument("--flips", type=int, default=1000)
+    ap = planted_arguments("audit-signals")
     ap.add_argument("--epochs", type=float, default=None, help="the audit's default when left out")
     ap.add_argument("--snapshots", default="2,3,4", help="epochs after which to keep every image's probabilities")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--name", default="audit-signals")
     ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT training images (a dry run)")
     a = ap.parse_args()
     work = Path(a.work)

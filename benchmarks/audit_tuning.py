@@ -34,6 +34,17 @@ def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
             "f1": round(2 * p * r / (p + r), 4) if tp else 0.0}
 
 
+def planted_arguments(name: str) -> argparse.ArgumentParser:
+    """The options of the scripts that read a finished audit of a planted copy: where, which copy, and
+    the results name (``results/NAME.json`` and the RESULTS.md section)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
+    ap.add_argument("--noise-seed", type=int, required=True)
+    ap.add_argument("--flips", type=int, default=1000)
+    ap.add_argument("--name", default=name, help="results/NAME.json and the RESULTS.md section")
+    return ap
+
+
 def planted_folds(work: Path, flips: int, noise_seed: int, keys: tuple[str, ...]) -> tuple:
     """The planted copy's training labels (int ``(N,)``), the flipped positions (int64) and, for each fold
     file of its finished audit (``WORK/audit-noisy-seedN/folds/``), the arrays named by ``keys``."""
@@ -53,11 +64,7 @@ def main() -> None:
     from cifarlab.audit.folds import pool
     from cifarlab.audit.labels import all_nets
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/cifarlab-audit-benchmark")
-    ap.add_argument("--noise-seed", type=int, required=True)
-    ap.add_argument("--flips", type=int, default=1000)
-    ap.add_argument("--name", default="audit-tuning-methods", help="results/NAME.json and the RESULTS.md section")
+    ap = planted_arguments("audit-tuning-methods")
     a = ap.parse_args()
     y, flipped, folds = planted_folds(Path(a.work), a.flips, a.noise_seed, ("held_out", "probs", "train_probs"))
     oof, insample = pool(folds, len(y), 10)
