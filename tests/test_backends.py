@@ -2,7 +2,7 @@
 installed, resume after ``kill -9``, and their models move between backends.
 
 Each backend runs in a subprocess of its own (Keras fixes its backend at import). Tiny: ``quick`` on
-900 real training images, batches of 100 (9 steps an epoch).
+450 real training images, batches of 100 (4 steps an epoch).
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ np.save(sys.argv[3], predict_arrays(model, x))
 
 @pytest.fixture(scope="module")
 def archive(shared_archive, tmp_path_factory) -> Path:
-    """900 training, 100 hold-out and 1,000 test images of the shared copy."""
+    """450 training, 50 hold-out and 1,000 test images of the shared copy."""
     from slices import slice_archive
 
-    return slice_archive(shared_archive, tmp_path_factory.mktemp("backends") / "slice.tar.gz", 1000, 1000)
+    return slice_archive(shared_archive, tmp_path_factory.mktemp("backends") / "slice.tar.gz", 500, 1000)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ print("LOSSES=" + json.dumps([row["loss"] for row in result.history]))
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow"])
 def test_portable_loop_learns_and_its_model_loads_on_jax(archive, tmp_path, backend):
-    """The portable loop on PyTorch and TensorFlow: 18 steps of quick, the loss falls; the model it
+    """The portable loop on PyTorch and TensorFlow: 8 steps of quick, the loss falls; the model it
     saves predicts on JAX what it predicted where it was trained."""
     proc = _python(TRAIN, backend, archive, tmp_path / "m.keras", tmp_path / "trained.npy")
     losses = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("LOSSES="))[7:])

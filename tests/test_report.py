@@ -51,10 +51,10 @@ def _decode(src: str) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def baseline_run(shared_archive, tmp_path_factory):
+def baseline_run(medium_archive, tmp_path_factory):
     """A second tiny run, through the CLI: --no-report and --tensorboard on the way."""
     out = tmp_path_factory.mktemp("baseline") / "baseline"
-    rc = main(["train", "--recipe", "seed", "--data", str(shared_archive), "--limit", "600", "--epochs", "2", "--seed", "1",
+    rc = main(["train", "--recipe", "seed", "--data", str(medium_archive), "--limit", "600", "--epochs", "2", "--seed", "1",
                "--out", str(out), "--no-report", "--tensorboard", "--quiet"])
     assert rc == 0
     return out
@@ -74,7 +74,7 @@ def test_train_writes_report_and_the_measured_predictions(seed_run):
     assert (run_dir / "report.html").is_file()
     y, probs = load_predictions(run_dir / "test_predictions.npz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert len(y) == metrics["num_images"] == 10_000
+    assert len(y) == metrics["num_images"] == 500  # medium_archive's test images
     assert (probs.argmax(1) == y).mean() == pytest.approx(metrics["test_accuracy"])
     np.testing.assert_array_equal(np.asarray(metrics["confusion_matrix"]).sum(1), np.bincount(y, minlength=10))
     assert metrics["summary"] == {"test_accuracy": metrics["test_accuracy"], "evaluation": "plain",
@@ -102,13 +102,13 @@ def test_report_has_every_section_and_every_image_decodes(seed_run, compared_rep
     words = " ".join(page.text)
     metrics = seed_run.metrics
     assert f"{metrics['test_accuracy']:.2%}" in words
-    # Most-confused pairs in words, e.g. "cat → dog: 217 of 1,000".
-    pairs = re.findall(r"(\w+) → (\w+): ([\d,]+) of 1,000", words)
-    assert len(pairs) >= 5 and all(t in metrics["class_names"] and p in metrics["class_names"] for t, p, _ in pairs)
+    # Most-confused pairs in words, e.g. "cat → dog: 21 of 52" (52 cats among the test images).
+    pairs = re.findall(r"(\w+) → (\w+): ([\d,]+) of ([\d,]+)", words)
+    assert len(pairs) >= 5 and all(t in metrics["class_names"] and p in metrics["class_names"] for t, p, _, _ in pairs)
     from cifarlab.evaluation.metrics import most_confused
 
-    t, p, n, _ = most_confused(metrics, 1)[0]
-    assert f"{t} → {p}: {n:,} of 1,000" in words
+    t, p, n, total = most_confused(metrics, 1)[0]
+    assert f"{t} → {p}: {n:,} of {total:,}" in words
     assert "Grad-CAM on layer" in words and "conv2" in words
     assert re.search(r"expected calibration error", words)
     assert "baseline" in words  # the compared run is named
@@ -123,7 +123,7 @@ def test_per_class_table_is_worst_first(seed_run, compared_report):
     assert f1 == sorted(f1)
 
 
-def test_report_of_a_run_without_saved_predictions_whose_data_moved(seed_run, shared_archive, tmp_path, capsys):
+def test_report_of_a_run_without_saved_predictions_whose_data_moved(seed_run, medium_archive, tmp_path, capsys):
     """Runs from before test_predictions.npz existed: the model predicts again; --data finds the images."""
     run = _copy_run(seed_run.run_dir, tmp_path / "copy")
     (run / "report.html").unlink()
@@ -131,7 +131,7 @@ def test_report_of_a_run_without_saved_predictions_whose_data_moved(seed_run, sh
     cfg = json.loads((run / "config.json").read_text())
     cfg["data"]["source"] = str(tmp_path / "moved.tar.gz")
     (run / "config.json").write_text(json.dumps(cfg))
-    assert main(["report", str(run), "--data", str(shared_archive)]) == 0
+    assert main(["report", str(run), "--data", str(medium_archive)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run / 'report.html'}"
     words = " ".join(_Page((run / "report.html").read_text(encoding="utf-8")).text)
     assert f"{seed_run.metrics['test_accuracy']:.2%}" in words

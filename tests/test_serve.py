@@ -32,10 +32,10 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def test_images(shared_archive):
+def test_images(small_archive):
     from cifarlab.data import read_arrays
 
-    return read_arrays(shared_archive).x_test[:40]
+    return read_arrays(small_archive).x_test[:40]
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,10 @@ def serialize_bytes(items: list[bytes]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def images(shared_archive):
+def images(small_archive):
     from cifarlab.data import read_arrays
 
-    return read_arrays(shared_archive).x_test[:8]
+    return read_arrays(small_archive).x_test[:8]
 
 
 @pytest.fixture(scope="module")
