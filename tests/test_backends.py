@@ -33,14 +33,26 @@ sys.meta_path.insert(0, _NoTensorFlow())
 TINY = ["--recipe", "quick", "--batch-size", "100", "--epochs", "2", "--seed", "0", "--quiet", "--no-report"]
 
 
-def _env(backend: str, **extra) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
-            **extra}
+def _env(backend: str, user_cache: Path | None = None, **extra) -> dict:
+    """The child's environment; with ``user_cache``, that is its cache folder (``XDG_CACHE_HOME``) and the
+    command line keeps JAX's compiled programs there itself, instead of in the suite's shared JAX cache."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           **extra}
+    if user_cache is not None:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["XDG_CACHE_HOME"] = str(user_cache)
+    return env
 
 
-def _python(code: str, backend: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=_env(backend), capture_output=True,
-                          text=True, timeout=timeout)
+def _compiled(user_cache: Path) -> set[str]:
+    """The programs the command line kept in ``user_cache`` (cifarlab's JAX compilation cache)."""
+    return {p.name for p in (user_cache / "cifarlab" / "jax").glob("*-cache*")}
+
+
+def _python(code: str, backend: str, *args, timeout: float = 600, user_cache: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=_env(backend, user_cache),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -90,9 +102,10 @@ for name, argv in [("info", ["info", "--data", {str(archive)!r}]), ("summary", [
 codes["tensorflow_imported"] = "tensorflow" in sys.modules
 print("RESULT=" + json.dumps(codes))
 '''
-    proc = _python(code, "jax")
+    proc = _python(code, "jax", user_cache=work / "cache")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT="))
-    return {"run": run, "work": work, "codes": json.loads(line[len("RESULT="):]), "stdout": proc.stdout}
+    return {"run": run, "work": work, "codes": json.loads(line[len("RESULT="):]), "stdout": proc.stdout,
+            "cache": work / "cache", "compiled": _compiled(work / "cache")}
 
 
 def test_every_command_runs_on_jax_without_tensorflow(jax_run):
@@ -110,6 +123,7 @@ def test_every_command_runs_on_jax_without_tensorflow(jax_run):
     history = [json.loads(json.dumps(r)) for r in __import__("csv").DictReader(open(run / "history.csv"))]
     assert float(history[1]["loss"]) < float(history[0]["loss"])  # it learns
     assert (run / "report.html").is_file() and (run / "test_predictions.npz").is_file()
+    assert jax_run["compiled"]  # XLA's programs, kept in the user's cache folder for the next command
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
@@ -158,13 +172,15 @@ def test_portable_loop_learns_and_its_model_loads_on_jax(archive, tmp_path, back
 
 def test_jax_resumes_after_kill_9_at_the_next_step(jax_run, archive, tmp_path):
     """Killed mid-epoch, the same command resumes from the checkpoint's step and ends exactly where an
-    uninterrupted run (jax_run's, same flags) ends."""
+    uninterrupted run (jax_run's, same flags) ends. Both processes find jax_run's compiled programs in the
+    user's cache folder and compile none of them again."""
     from cifarlab.training import checkpoint
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cifarlab", "--backend", "jax", "train", "--data", str(archive), "--out", str(out),
            "--checkpoint-every", "1", *TINY]
-    proc = subprocess.Popen(cmd, env=_env("jax"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = _env("jax", user_cache=jax_run["cache"])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not checkpoint.path(out).exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -176,13 +192,14 @@ def test_jax_resumes_after_kill_9_at_the_next_step(jax_run, archive, tmp_path):
         proc.wait()
     saved = checkpoint.read_state(out)
     assert saved["trainer"] == "portable" and saved["backend"] == "jax"
-    again = subprocess.run(cmd, env=_env("jax"), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from the checkpoint {checkpoint.where(saved)}" in again.stderr
     resumed = json.loads((out / "metrics.json").read_text())
     straight = json.loads((jax_run["run"] / "metrics.json").read_text())
     for key in ("test_accuracy", "test_loss", "tta_test_accuracy", "confusion_matrix"):
         assert resumed[key] == straight[key], key
+    assert _compiled(jax_run["cache"]) == jax_run["compiled"]  # every program came from the cache
 
 
 def test_muon_optimizer_matches_the_tensorflow_loops_update():

@@ -287,8 +287,13 @@ def _quiet_keras() -> None:
     Every command checks its arguments and input paths first and calls this
     after, so a user's mistake is reported at once, not after the backend starts."""
     from cifarlab._tf import import_quietly
+    from cifarlab.backend import current, glue
 
     import_quietly()
+    if current() == "jax":  # compiled programs persist between commands (the user's cache folder)
+        from cifarlab.data.download import cache_dir
+
+        glue("jax").use_compilation_cache(cache_dir() / "jax")
 
 
 def _model_then_keras(path) -> None:
