@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -38,24 +39,29 @@ def machine() -> str:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
-    """Run ``cmd``; return wall seconds, exit code, output and the child's peak RSS (MiB)."""
+    """Run ``cmd`` with ``env`` over this process's environment (a ``None`` value removes that variable);
+    return wall seconds, CPU seconds (user + system of the child and every process it waited for), exit
+    code, output and the child's peak RSS (MiB)."""
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # wait4 was done by communicate(); ru_maxrss of a single child needs os.wait4, so
     # children report their own peak via a last JSON line when they can.
     peak = None
     m = re.search(r"^PEAK_RSS_MIB=([\d.]+)$", err or "", re.M)
     if m:
         peak = float(m.group(1))
-    return {"wall_seconds": round(wall, 2), "returncode": proc.returncode, "stdout": out, "stderr": err,
-            "peak_rss_mib": peak}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "returncode": proc.returncode,
+            "stdout": out, "stderr": err, "peak_rss_mib": peak}
 
 
 def worktree(ref: str, prefix: str) -> Path:

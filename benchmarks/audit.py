@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import os
-import resource
 import sys
 import tarfile
 from pathlib import Path
@@ -64,16 +63,14 @@ def planted_copy(src: Path, dest: Path, flips: int, seed: int) -> np.ndarray:
 
 
 def run_audit(data: Path, out: Path, extra: list[str]) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()
     r = run_measured([sys.executable, "-c", CHILD, "audit", "--data", str(data), "-o", str(out), "--quiet", *extra],
                      timeout=7200)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r["returncode"] != 0:
         raise SystemExit(f"audit failed ({r['returncode']}): {r['stderr'][-2000:]}")
     summary = json.loads((out / "audit.json").read_text())
     return {"wall_seconds": r["wall_seconds"], "peak_rss_mib": r["peak_rss_mib"],
-            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "cpu_seconds": round(r["cpu_seconds"], 1),
             "load_average_before": [round(v, 2) for v in load],
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "stdout": r["stdout"].strip()[-500:], "summary": summary}

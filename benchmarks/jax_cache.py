@@ -16,18 +16,14 @@ the shared CIFAR-10 copy beside the repository (a 500-image slice of it is train
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-from _common import ROOT, SHARED_ARCHIVE, record
+from _common import ROOT, SHARED_ARCHIVE, record, run_measured
 
 sys.path.insert(0, str(ROOT / "tests"))
 from slices import slice_archive  # noqa: E402  (the tests' real-format slice of the shared copy)
@@ -35,21 +31,18 @@ from slices import slice_archive  # noqa: E402  (the tests' real-format slice of
 
 def run(argv: list[str], cache_home: Path, warm: bool) -> dict:
     """One ``cifarlab`` process on JAX; CPU (user + system) and wall seconds."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    env.update(PYTHONPATH=str(ROOT / "src"), KERAS_BACKEND="jax", XDG_CACHE_HOME=str(cache_home),
-               TF_CPP_MIN_LOG_LEVEL="2", CIFARLAB_AUTOTUNE="0")
-    if not warm:
-        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "cifarlab", "--backend", "jax", *argv], env=env, capture_output=True,
-                       text=True, timeout=1800)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{r.stderr[-2000:]}")
-    return {"cpu": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2),
-            "wall": round(wall, 2)}
+    env = {"PYTHONPATH": str(ROOT / "src"), "KERAS_BACKEND": "jax", "XDG_CACHE_HOME": str(cache_home),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "CIFARLAB_AUTOTUNE": "0",
+           "JAX_COMPILATION_CACHE_DIR": None,  # the command line's own cache, not one set for this shell
+           "JAX_ENABLE_COMPILATION_CACHE": None if warm else "false"}
+    r = run_measured([sys.executable, "-m", "cifarlab", "--backend", "jax", *argv], env=env, timeout=1800)
+    if r["returncode"] != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{r['stderr'][-2000:]}")
+    return {"cpu": r["cpu_seconds"], "wall": r["wall_seconds"]}
+
+
+def joined(runs: list[dict], key: str) -> str:
+    return ", ".join(str(r[key]) for r in runs)
 
 
 def main() -> None:
@@ -65,23 +58,19 @@ def main() -> None:
         train = ["train", "--data", str(archive), "--recipe", "quick", "--batch-size", "100", "--epochs", "1",
                  "--seed", "0", "--quiet", "--no-report"]
         run(train + ["--out", str(run_dir)], cache_home, warm=True)  # fills the cache and makes a run to load
-        commands = {"summary quick": ["summary", "quick"],
-                    "evaluate (load + 500 test images)": ["evaluate", str(run_dir)],
-                    "train (quick, 450 images, 1 epoch)": train}
+        commands = {"summary quick": lambda i: ["summary", "quick"],  # i: the run's number
+                    "evaluate (load + 500 test images)": lambda i: ["evaluate", str(run_dir)],
+                    "train (quick, 450 images, 1 epoch)": lambda i: train + ["--out", str(work / f"train-{i}")]}
         rows, figures = [], {}
         for name, argv in commands.items():
             got = {False: [], True: []}
             for i in range(args.rounds * 2):
                 warm = i % 4 in (1, 2)  # off, warm, warm, off: a drift of the machine weighs on both
-                if argv[0] == "train":
-                    argv = train + ["--out", str(work / f"train-{i}")]
-                got[warm].append(run(argv, cache_home, warm))
+                got[warm].append(run(argv(i), cache_home, warm))
             off, on = (statistics.mean(r["cpu"] for r in got[w]) for w in (False, True))
             figures[name] = {"off": got[False], "warm": got[True], "cpu_ratio": round(on / off, 3)}
-            rows.append(f"| {name} | {', '.join(str(r['cpu']) for r in got[False])} | "
-                        f"{', '.join(str(r['cpu']) for r in got[True])} | {on / off:.2f} | "
-                        f"{', '.join(str(r['wall']) for r in got[False])} | "
-                        f"{', '.join(str(r['wall']) for r in got[True])} |")
+            rows.append(f"| {name} | {joined(got[False], 'cpu')} | {joined(got[True], 'cpu')} | {on / off:.2f} | "
+                        f"{joined(got[False], 'wall')} | {joined(got[True], 'wall')} |")
         size = sum(p.stat().st_size for p in (cache_home / "cifarlab" / "jax").glob("*"))
         figures["cache_bytes"] = size
         table = (f"`benchmarks/jax_cache.py --rounds {args.rounds}`: each `cifarlab --backend jax` command as a "

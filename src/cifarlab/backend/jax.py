@@ -15,20 +15,17 @@ CACHE_MAX_BYTES = 1 << 30
 CACHE_MIN_COMPILE_SECONDS = 0.1
 
 
-def use_compilation_cache(folder) -> bool:
+def use_compilation_cache(folder) -> None:
     """Keep XLA's compiled programs in ``folder`` (a path) across processes, so that a command's next
-    run skips compiling its model's initialisers and steps; True when it is on.
+    run skips compiling its model's initialisers and steps.
 
     A cache the user chose (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is. Without
     the ``filelock`` package JAX cannot bound the cache's size, and then none is kept."""
-    if jax.config.jax_compilation_cache_dir:
-        return True
-    if importlib.util.find_spec("filelock") is None:  # JAX's size-bounded cache locks with it
-        return False
+    if jax.config.jax_compilation_cache_dir or importlib.util.find_spec("filelock") is None:
+        return  # filelock: JAX's size-bounded cache locks with it
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
-    return True
 
 
 def value_and_grad(fn):
