@@ -265,7 +265,11 @@ def _sub(kind: str, args, extra=(), script: Path | None = None) -> dict:
         load0 = os.getloadavg()
         print(f"[{datetime.now():%H:%M:%S}] {kind} {' '.join(extra)}{' at ' + args.baseline if script else ''} (waited {waited:.0f} s for the lock, "
               f"load {load0[0]:.1f})", flush=True)
-        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        # PYTHONPATH, not the script's own sys.path.insert: the venv's editable install would win over that
+        # and give a baseline's script this tree's package.
+        src = Path(script or __file__).resolve().parents[1] / "src"
+        p = subprocess.run(cmd, capture_output=True, text=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(src)})
         load1 = os.getloadavg()
     line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
     if p.returncode or line is None:
