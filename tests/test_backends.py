@@ -170,16 +170,11 @@ def test_portable_loop_learns_and_its_model_loads_on_jax(archive, tmp_path, back
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.999 and np.abs(ref - got).max() <= 1e-3
 
 
-def test_jax_resumes_after_kill_9_at_the_next_step(jax_run, archive, tmp_path):
-    """Killed mid-epoch, the same command resumes from the checkpoint's step and ends exactly where an
-    uninterrupted run (jax_run's, same flags) ends. Both processes find jax_run's compiled programs in the
-    user's cache folder and compile none of them again."""
+def _kill_9_then_resume(cmd: list[str], env: dict, out: Path) -> dict:
+    """Run ``cmd``, ``kill -9`` it once its first checkpoint exists, run it again; returns the state it
+    was killed at, after checking that the second run resumed from it and finished."""
     from cifarlab.training import checkpoint
 
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cifarlab", "--backend", "jax", "train", "--data", str(archive), "--out", str(out),
-           "--checkpoint-every", "1", *TINY]
-    env = _env("jax", user_cache=jax_run["cache"])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -191,15 +186,48 @@ def test_jax_resumes_after_kill_9_at_the_next_step(jax_run, archive, tmp_path):
         proc.kill()
         proc.wait()
     saved = checkpoint.read_state(out)
-    assert saved["trainer"] == "portable" and saved["backend"] == "jax"
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from the checkpoint {checkpoint.where(saved)}" in again.stderr
-    resumed = json.loads((out / "metrics.json").read_text())
-    straight = json.loads((jax_run["run"] / "metrics.json").read_text())
+    return saved
+
+
+def _same_ending(resumed_run: Path, straight_run: Path) -> None:
+    resumed = json.loads((resumed_run / "metrics.json").read_text())
+    straight = json.loads((straight_run / "metrics.json").read_text())
     for key in ("test_accuracy", "test_loss", "tta_test_accuracy", "confusion_matrix"):
         assert resumed[key] == straight[key], key
+
+
+def _train_command(backend: str, archive: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cifarlab", "--backend", backend, "train", "--data", str(archive),
+            "--out", str(out), *extra, *TINY]
+
+
+def test_jax_resumes_after_kill_9_at_the_next_step(jax_run, archive, tmp_path):
+    """Killed mid-epoch, the same command resumes from the checkpoint's step and ends exactly where an
+    uninterrupted run (jax_run's, same flags) ends. Both processes find jax_run's compiled programs in the
+    user's cache folder and compile none of them again."""
+    out = tmp_path / "run"
+    cmd = _train_command("jax", archive, out, "--checkpoint-every", "1")
+    saved = _kill_9_then_resume(cmd, _env("jax", user_cache=jax_run["cache"]), out)
+    assert saved["trainer"] == "portable" and saved["backend"] == "jax"
+    _same_ending(out, jax_run["run"])
     assert _compiled(jax_run["cache"]) == jax_run["compiled"]  # every program came from the cache
+
+
+def test_torch_resumes_after_kill_9_at_the_next_step(archive, tmp_path):
+    """The same on PyTorch: killed mid-epoch, resumed by the same command, it ends where an uninterrupted
+    PyTorch run with the same flags ends."""
+    env = _env("torch")
+    straight = tmp_path / "straight"
+    proc = subprocess.run(_train_command("torch", archive, straight), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    saved = _kill_9_then_resume(_train_command("torch", archive, out, "--checkpoint-every", "1"), env, out)
+    assert saved["trainer"] == "portable" and saved["backend"] == "torch"
+    _same_ending(out, straight)
 
 
 def test_muon_optimizer_matches_the_tensorflow_loops_update():
