@@ -140,6 +140,37 @@ def test_a_jax_model_predicts_the_same_on_other_backends(jax_run, archive, backe
     assert np.abs(ref - got).max() <= 1e-3
 
 
+def test_a_jax_run_reports_exports_and_serves_on_tensorflow(jax_run, tmp_path, capsys):
+    """The JAX-trained run, on this process's backend (TensorFlow): its report renders, its ONNX export
+    passes the export's own check (the model on TensorFlow against the export's runtime), and a real server
+    on 127.0.0.1 answers for the picture as ``cifarlab predict`` answered on JAX."""
+    import shutil
+
+    from servers import Server
+
+    from cifarlab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(jax_run["run"], run)
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx", "-o", str(tmp_path / "m.onnx"), "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)
+    assert check["top1_agreement"] >= 0.999 and check["max_abs_prob_diff"] <= 1e-3
+
+    on_jax = next(json.loads(ln) for ln in jax_run["stdout"].splitlines() if ln.startswith('{"file"'))
+    server = Server(run, log=tmp_path / "serve.log")
+    try:
+        got = server.session.post(server.url + "/predict", data=(jax_run["work"] / "cat.png").read_bytes()).json()
+    finally:
+        server.stop()
+    assert got["class"] == on_jax["top"][0]["class"]
+    for want, t in zip(on_jax["top"], got["top"]):
+        assert t["class"] == want["class"] and abs(t["probability"] - want["probability"]) <= 1e-3
+
+
 TRAIN = '''
 import json, sys
 import numpy as np
