@@ -289,7 +289,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0, help="train fast seeds FIRST..FIRST+SEEDS-1 (to finish a cut-off run)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="train fast seeds FIRST..FIRST+SEEDS-1 (to finish a cut-off run)")
     ap.add_argument("--only", default="peak,pipeline,peer,seed,quick,fast")
     ap.add_argument("--limit", type=int, help="train on fewer images (smoke test only)")
     ap.add_argument("--epochs", type=float, help="override epochs (smoke test only)")
@@ -330,7 +331,8 @@ def main():
     # Most telling first, in case the session ends early: fast seed 0 (with its time to 65 %),
     # the seed baseline, quick, then the other fast seeds and the pipeline check.
     plan = [("peak", ())] if "peak" in only else []
-    fast = [("fast", ("--seed", str(s)) + (("--progress", "2") if s == 0 else ())) for s in range(args.first_seed, args.first_seed + args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    fast = [("fast", ("--seed", str(s)) + (("--progress", "2") if s == 0 else ())) for s in seeds]
     if "fast" in only:
         plan += fast[:1]
     if "peer" in only:  # right after fast seed 0: the two figures the targets compare, close in time
