@@ -301,3 +301,23 @@ def _unfitted(insample, flipped, y):
     out[flipped] = 0.1
     out[flipped, (y[flipped] + 1) % 3] = 0.8
     return out
+
+
+def test_candidate_pairs_are_every_close_pair_once_capped_per_image():
+    """The chunked search finds what comparing every pair finds: each pair i < j at or over the
+    threshold once, and an image with more later partners than the cap keeps the most similar."""
+    from cifarlab.audit.duplicates import candidate_pairs
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(700, 16)).astype(np.float32)
+    f[350:] = f[:350] + 0.4 * rng.normal(size=(350, 16))  # a near copy of each of the first 350
+    f[::9] = f[0] + 0.2 * rng.normal(size=(len(f[::9]), 16))  # a cluster of 78: over the cap
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    i, j = candidate_pairs(f, 0.85, chunk=64, per_row=5)
+    s = f @ f.T
+    expected = set()
+    for a in range(len(f)):
+        later = np.flatnonzero(s[a, a + 1:] >= 0.85) + a + 1
+        expected.update((a, int(b)) for b in later[np.argsort(-s[a, later])[:5]])
+    assert len(expected) > 400 and max(np.bincount(i)) == 5  # the test exercises both: many pairs, the cap
+    assert set(zip(i.tolist(), j.tolist())) == expected and len(i) == len(expected)

@@ -64,20 +64,17 @@ def candidate_pairs(f: np.ndarray, threshold: float = CANDIDATE, chunk: int = CH
     with cosine similarity at least ``threshold``, at most ``per_row`` most similar per row."""
     rows, cols = [], []
     for start in range(0, len(f), chunk):
-        s = f[start:start + chunk] @ f.T
-        r = np.arange(len(s))
-        s[r, start + r] = -1.0  # not the image itself
-        s[:, :start] = -1.0  # each pair once: j > i (rows before this chunk were done)
-        hit = s >= threshold
-        many = np.flatnonzero(hit.sum(axis=1) > per_row)
-        for i in many:
-            keep = np.argpartition(-s[i], per_row)[:per_row]
-            hit[i] = False
-            hit[i, keep] = s[i, keep] >= threshold
-        i, j = np.nonzero(hit)
-        later = j > i + start  # within the chunk, each pair once
-        rows.append(i[later] + start)
-        cols.append(j[later])
+        # Only the images from this chunk on: each pair once (j > i), and half the products in all.
+        s = f[start:start + chunk] @ f[start:].T
+        s[:, :len(s)][np.tri(len(s), dtype=bool)] = -1.0  # the image itself and the chunk's earlier ones
+        i, j = np.nonzero(s >= threshold)
+        # Each row keeps its per_row most similar: sorted by row, most similar first, ranked within the row.
+        order = np.lexsort((-s[i, j], i))
+        i, j = i[order], j[order]
+        rank = np.arange(len(i)) - np.searchsorted(i, i)
+        i, j = i[rank < per_row], j[rank < per_row]
+        rows.append(i + start)
+        cols.append(j + start)
     return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
 
 
