@@ -160,9 +160,9 @@ def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: n
     trainer.fit(recipe.epochs)  # leaves the weight average (recipe.ema_decay) in the model
     seconds = time.perf_counter() - t0
     probs = trainer.predict_tta(x[held_out]).astype(np.float32)
-    test_probs = trainer.predict(x_test).astype(np.float32)
     embed = embedder(model)
-    (emb_train, train_probs), (emb_test, _) = embed(x), embed(x_test)
+    (emb_train, train_probs), (emb_test, test_probs) = embed(x), embed(x_test)
+    test_probs = test_probs.astype(np.float32)  # the same plain pass as trainer.predict, not run twice
     r = FoldResult(k, held_out.astype(np.int64), probs, emb_train, emb_test, train_probs, test_probs, round(seconds, 2))
     # The trainer's compiled functions hold the fold's training images as constants: let them go
     # (not keras.backend.clear_session: it would also reset the dtype policy the folds train under).
