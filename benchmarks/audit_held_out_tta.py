@@ -1,0 +1,117 @@
+"""What the audit's test-time augmentation of the held-out fold is worth: F1 over several noise seeds.
+
+``cifarlab audit`` predicts each held-out fold with its recipe's test-time augmentation (quick: the
+mirror and two shifts, 6 passes). The held-out net is one of the k nets whose mean scores the labels,
+so the augmentation may not earn its passes. For each ``--noise-seeds`` copy with planted flips this
+trains the audit's folds once (as ``audit/folds.train_fold`` does: its recipe, epochs, fold assignment and
+seeds) and scores cleanlab's issue list against the flips with each way of predicting the held-out images;
+the in-sample probabilities are the audit's. A finished seed is a line of ``WORK/held-out-tta.jsonl``, so
+a killed run goes on from the next seed. Use noise seeds other than the benchmark's (2026).
+
+    .venv/bin/python benchmarks/audit_held_out_tta.py --noise-seeds 7,11,12,13,14 [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import SHARED_ARCHIVE, record
+from audit import planted_copy
+from audit_tuning import scores
+
+# (mode, share) as cifarlab.inference.tta.tta_predict takes them; the first is quick's own.
+VARIANTS = {"flip_translate": ("flip_translate", 1.0), "flip_translate, least confident quarter": ("flip_translate", 0.25),
+            "flip": ("flip", 1.0), "none": ("none", 1.0)}
+
+
+def one_seed(noise_seed: int, work: Path, flips: int) -> dict:
+    """Train the audit's folds on a planted copy; F1 and seconds of each held-out prediction."""
+    import keras
+
+    from cifarlab.audit.folds import assign_folds, embedder, pool
+    from cifarlab.audit.labels import find
+    from cifarlab.audit.run import AuditConfig, check
+    from cifarlab.data import load_dataset
+    from cifarlab.inference.tta import tta_predict
+    from cifarlab.training import precision as prec
+    from cifarlab.training.fast import FastTrainer
+
+    noisy = work / f"cifar10-flipped-{flips}-seed{noise_seed}.tar"
+    flipped = planted_copy(SHARED_ARCHIVE, noisy, flips, noise_seed)
+    ds = load_dataset(noisy, validate_on="test", quiet=True)
+    x, y = ds.x_train, ds.y_train
+    recipe, spec = check(AuditConfig(data=str(noisy)))
+    prec.apply(prec.resolve(recipe.precision))
+    k_folds = 5
+    fold = assign_folds(y, k_folds, 0)
+    oof = {v: np.zeros((len(y), ds.num_classes), np.float32) for v in VARIANTS}
+    seconds, parts = dict.fromkeys(VARIANTS, 0.0), []
+    for k in range(k_folds):
+        keras.utils.set_random_seed(k)
+        train, held_out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        model = spec.build(num_classes=ds.num_classes)
+        trainer = FastTrainer(model, recipe, x[train], y[train], seed=k)
+        trainer.fit(recipe.epochs)
+        for v, (mode, share) in VARIANTS.items():
+            t0 = time.perf_counter()
+            oof[v][held_out] = tta_predict(trainer.logits, x[held_out], mode, share)
+            seconds[v] += time.perf_counter() - t0
+        parts.append((held_out, embedder(model)(x)[1]))
+        del trainer, model
+    row = {"noise_seed": noise_seed, "seconds": {v: round(s, 1) for v, s in seconds.items()}}
+    for v in VARIANTS:
+        insample = pool([(h, oof[v][h], p) for h, p in parts], len(y), ds.num_classes)[1]
+        issues, _ = find(y, oof[v], insample, k_folds)
+        row[v] = {**scores(np.asarray(issues["index"]), flipped),
+                  "oof_accuracy": round(float((oof[v].argmax(1) == y).mean()), 4)}
+    noisy.unlink()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--noise-seeds", default="7,11,12,13,14")
+    ap.add_argument("--flips", type=int, default=1000)
+    ap.add_argument("--work", default="/tmp/cifarlab-audit-tta")
+    ap.add_argument("--name", default="audit-held-out-tta")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows_file = work / "held-out-tta.jsonl"
+    done = {r["noise_seed"]: r for r in map(json.loads, rows_file.read_text().splitlines())} if rows_file.exists() else {}
+    from cifarlab._tf import import_quietly
+
+    import_quietly()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # each fold's new functions trace afresh, which TensorFlow calls "retracing"
+    for s in (int(s) for s in a.noise_seeds.split(",")):
+        if s not in done:
+            done[s] = one_seed(s, work, a.flips)
+            with rows_file.open("a") as f:  # one whole line per finished seed
+                f.write(json.dumps(done[s]) + "\n")
+            print(json.dumps(done[s]), flush=True)
+    rows = [done[int(s)] for s in a.noise_seeds.split(",")]
+    base = [r["flip_translate"]["f1"] for r in rows]
+    table = ["| held-out prediction | F1 per noise seed | mean (sd) | minus flip_translate: mean (sd) | "
+             "seconds an audit |", "|---|---|---|---|---|"]
+    for v in VARIANTS:
+        f1 = [r[v]["f1"] for r in rows]
+        d = [a - b for a, b in zip(f1, base)]
+        table.append(f"| {v} | {', '.join(f'{f:.4f}' for f in f1)} | {statistics.mean(f1):.4f} "
+                     f"({statistics.stdev(f1):.4f}) | {statistics.mean(d):+.4f} ({statistics.stdev(d):.4f}) | "
+                     f"{statistics.mean(r['seconds'][v] for r in rows):.1f} |")
+    record(a.name, {"noise_seeds": [r["noise_seed"] for r in rows], "flips": a.flips, "rows": rows},
+           f"`benchmarks/audit_held_out_tta.py --noise-seeds {a.noise_seeds}`: the audit's folds (defaults) trained "
+           f"once per noise seed, {a.flips:,} planted flips, label issues scored with each way of predicting the "
+           "held-out fold (the in-sample probabilities as the audit's).\n\n" + "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
