@@ -3,9 +3,9 @@
 ``cifarlab audit`` predicts each held-out fold with its recipe's test-time augmentation (quick: the
 mirror and two shifts, 6 passes). The held-out net is one of the k nets whose mean scores the labels,
 so the augmentation may not earn its passes. For each ``--noise-seeds`` copy with planted flips this
-trains the audit's folds once (as ``audit/folds.train_fold`` does: its recipe, epochs, fold assignment and
-seeds) and scores cleanlab's issue list against the flips with each way of predicting the held-out images;
-the in-sample probabilities are the audit's. A finished seed is a line of ``WORK/held-out-tta.jsonl``, so
+trains the audit's folds once (by ``audit/folds.fold_trainer``, as the audit does: its recipe, epochs,
+fold assignment and seeds) and scores cleanlab's issue list against the flips with each way of
+predicting the held-out images; the in-sample probabilities are the audit's. A finished seed is a line of ``WORK/held-out-tta.jsonl``, so
 a killed run goes on from the next seed. Use noise seeds other than the benchmark's (2026).
 
     .venv/bin/python benchmarks/audit_held_out_tta.py --noise-seeds 7,11,12,13,14 [--work DIR]
@@ -32,15 +32,12 @@ VARIANTS = {"flip_translate": ("flip_translate", 1.0), "flip_translate, least co
 
 def one_seed(noise_seed: int, work: Path, flips: int) -> dict:
     """Train the audit's folds on a planted copy; F1 and seconds of each held-out prediction."""
-    import keras
-
-    from cifarlab.audit.folds import assign_folds, embedder, pool
+    from cifarlab.audit.folds import assign_folds, embedder, fold_trainer, pool
     from cifarlab.audit.labels import find
     from cifarlab.audit.run import AuditConfig, check
     from cifarlab.data import load_dataset
     from cifarlab.inference.tta import tta_predict
     from cifarlab.training import precision as prec
-    from cifarlab.training.fast import FastTrainer
 
     noisy = work / f"cifar10-flipped-{flips}-seed{noise_seed}.tar"
     flipped = planted_copy(SHARED_ARCHIVE, noisy, flips, noise_seed)
@@ -53,17 +50,14 @@ def one_seed(noise_seed: int, work: Path, flips: int) -> dict:
     oof = {v: np.zeros((len(y), ds.num_classes), np.float32) for v in VARIANTS}
     seconds, parts = dict.fromkeys(VARIANTS, 0.0), []
     for k in range(k_folds):
-        keras.utils.set_random_seed(k)
-        train, held_out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = spec.build(num_classes=ds.num_classes)
-        trainer = FastTrainer(model, recipe, x[train], y[train], seed=k)
+        trainer, held_out = fold_trainer(k, fold, x, y, recipe, spec, ds.num_classes, 0)
         trainer.fit(recipe.epochs)
         for v, (mode, share) in VARIANTS.items():
             t0 = time.perf_counter()
             oof[v][held_out] = tta_predict(trainer.logits, x[held_out], mode, share)
             seconds[v] += time.perf_counter() - t0
-        parts.append((held_out, embedder(model)(x)[1]))
-        del trainer, model
+        parts.append((held_out, embedder(trainer.model)(x)[1]))
+        del trainer
     row = {"noise_seed": noise_seed, "seconds": {v: round(s, 1) for v, s in seconds.items()}}
     for v in VARIANTS:
         insample = pool([(h, oof[v][h], p) for h, p in parts], len(y), ds.num_classes)[1]

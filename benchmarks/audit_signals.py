@@ -26,14 +26,10 @@ from audit_tuning import planted_arguments, scores
 
 def probe_fold(k, fold, x, y, recipe, spec, snapshot_epochs, seed: int) -> dict:
     """Train fold ``k`` as ``cifarlab audit`` does; float16 ``(N, classes)`` probabilities of every image."""
-    import keras
-
+    from cifarlab.audit.folds import fold_trainer
     from cifarlab.inference.predict import softmax
-    from cifarlab.training.fast import FastTrainer
 
-    keras.utils.set_random_seed(seed + k)
-    train_idx, held_out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-    trainer = FastTrainer(spec.build(num_classes=10), recipe, x[train_idx], y[train_idx], seed=seed + k)
+    trainer, held_out = fold_trainer(k, fold, x, y, recipe, spec, 10, seed)
     snaps = {}
 
     def on_epoch(row):  # row["epoch"] counts from 1

@@ -145,9 +145,11 @@ def embedder(model):
     return embed
 
 
-def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, recipe, spec,
-               num_classes: int, seed: int) -> FoldResult:
-    """Train on every fold but ``k``; predict fold ``k`` (with the recipe's test-time augmentation)."""
+def fold_trainer(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, recipe, spec, num_classes: int,
+                 seed: int):
+    """Fold ``k``'s trainer, not yet fitted: seeded ``seed + k``, a new ``spec`` net, on the images of every
+    other fold. Returns (``FastTrainer``, int64 positions of the held-out fold); the net is ``trainer.model``.
+    The one place that says how a fold trains, for the audit and for the benchmarks that probe it."""
     import keras
 
     from cifarlab.training.fast import FastTrainer
@@ -155,7 +157,14 @@ def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: n
     keras.utils.set_random_seed(seed + k)
     train_idx, held_out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
     model = spec.build(num_classes=num_classes)
-    trainer = FastTrainer(model, recipe, x[train_idx], y[train_idx], seed=seed + k)
+    return FastTrainer(model, recipe, x[train_idx], y[train_idx], seed=seed + k), held_out
+
+
+def train_fold(k: int, fold: np.ndarray, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, recipe, spec,
+               num_classes: int, seed: int) -> FoldResult:
+    """Train on every fold but ``k``; predict fold ``k`` (with the recipe's test-time augmentation)."""
+    trainer, held_out = fold_trainer(k, fold, x, y, recipe, spec, num_classes, seed)
+    model = trainer.model
     t0 = time.perf_counter()
     trainer.fit(recipe.epochs)  # leaves the weight average (recipe.ema_decay) in the model
     seconds = time.perf_counter() - t0
