@@ -46,14 +46,14 @@ def one_seed(noise_seed: int, work: Path, flips: int, epochs: float | None, vari
     flipped = planted_copy(SHARED_ARCHIVE, noisy, flips, noise_seed)
     ds = load_dataset(noisy, validate_on="test", quiet=True)
     x, y = ds.x_train, ds.y_train
-    recipe, spec = check(AuditConfig(data=str(noisy), epochs=epochs))
+    cfg = AuditConfig(data=str(noisy), epochs=epochs)  # the audit's defaults: folds, seed, recipe
+    recipe, spec = check(cfg)
     prec.apply(prec.resolve(recipe.precision))
-    k_folds = 5
-    fold = assign_folds(y, k_folds, 0)
+    fold = assign_folds(y, cfg.folds, cfg.seed)
     oof = {v: np.zeros((len(y), ds.num_classes), np.float32) for v in variants}
     seconds, parts, training = dict.fromkeys(variants, 0.0), [], 0.0
-    for k in range(k_folds):
-        trainer, held_out = fold_trainer(k, fold, x, y, recipe, spec, ds.num_classes, 0)
+    for k in range(cfg.folds):
+        trainer, held_out = fold_trainer(k, fold, x, y, recipe, spec, ds.num_classes, cfg.seed)
         t0 = time.perf_counter()
         trainer.fit(recipe.epochs)
         training += time.perf_counter() - t0
@@ -67,7 +67,7 @@ def one_seed(noise_seed: int, work: Path, flips: int, epochs: float | None, vari
            "seconds": {v: round(s, 1) for v, s in seconds.items()}}
     for v in variants:
         insample = pool([(h, oof[v][h], p) for h, p in parts], len(y), ds.num_classes)[1]
-        issues, _ = find(y, oof[v], insample, k_folds)
+        issues, _ = find(y, oof[v], insample, cfg.folds)
         row[v] = {**scores(np.asarray(issues["index"]), flipped),
                   "oof_accuracy": round(float((oof[v].argmax(1) == y).mean()), 4)}
     noisy.unlink()
@@ -95,13 +95,14 @@ def main() -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # each fold's new functions trace afresh, which TensorFlow calls "retracing"
-    for s in (int(s) for s in a.noise_seeds.split(",")):
+    seeds = [int(s) for s in a.noise_seeds.split(",")]
+    for s in seeds:
         if s not in done:
             done[s] = one_seed(s, work, a.flips, a.epochs, variants)
             with rows_file.open("a") as f:  # one whole line per finished seed
                 f.write(json.dumps(done[s]) + "\n")
             print(json.dumps(done[s]), flush=True)
-    rows = [done[int(s)] for s in a.noise_seeds.split(",")]
+    rows = [done[s] for s in seeds]
     base = [r["flip_translate"]["f1"] for r in rows]
     table = ["| held-out prediction | F1 per noise seed | mean (sd) | minus flip_translate: mean (sd) | "
              "seconds an audit |", "|---|---|---|---|---|"]
